@@ -1,0 +1,1 @@
+"""Thin command-line programs besides ``voco_pretrain`` (installed as ``nnunet_voco.commands``)."""

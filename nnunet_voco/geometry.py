@@ -1,0 +1,161 @@
+"""VoCo crop geometry: the base-crop grid, target crops and their overlap targets.
+
+VoCo [0, 1] cuts a *window* from a volume, splits it into a fixed grid of non-overlapping *base
+crops*, and places a few *target crops* of the same size anywhere inside the window. The training
+target of a target crop is its fractional overlap with every base crop.
+
+All functions are pure numpy: no torch, no I/O, and randomness only through an explicit
+``numpy.random.Generator``.
+
+Conventions (written down once, here):
+    * Axes follow nnU-Net's preprocessed arrays, ``(X, Y, Z)`` = the three spatial axes of
+      ``(C, X, Y, Z)``. nnU-Net transposes cases so that the axis with the coarsest spacing usually
+      comes first.
+    * Base crops are ordered x-major, then y, then z: base ``k = (ix * gy + iy) * gz + iz``.
+    * Offsets are integer voxel coordinates of a crop's lowest corner inside the window.
+
+Overlap (3-D generalisation of the official 2-D area ratio): for a target box ``[a, a + c)`` and a
+base box ``[b, b + c)`` per axis, ``overlap = prod_axes max(0, min(a, b) + c - max(a, b)) / prod(c)``.
+With one grid cell along an axis and crops spanning it, this equals the official in-plane area
+ratio (Luffy03/VoCo ``utils/data_utils.py``, Luffy03/Large-Scale-Medical
+``Self-supervised/utils/voco_trans.py``), where z is never split.
+
+References:
+    [0] Wu, Zhang, Xiong, Chen, "VoCo: A Simple-yet-Effective Volume Contrastive Learning Framework
+        for 3D Medical Image Analysis", CVPR 2024, arXiv:2402.17300.
+    [1] Wu, Zhang, Chen, "Large-Scale 3D Medical Image Pre-training with Geometric Context Priors",
+        TPAMI, arXiv:2410.09890.
+
+Notes:
+    The official code hard-codes a 4x4 (v1) or 3x3 (v2) in-plane grid of 64^3 crops inside a window
+    of 384x384x96 (resized) or 192x192x64 voxels. Here the grid and crop size are parameters and
+    the defaults come from the nnU-Net plans (see :func:`default_grid`), and targets are sampled
+    with inclusive upper bound ``window - crop`` (the official code draws centres from a half-open
+    range, so the last offset is never drawn; the difference is one voxel).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+AXIS_NAMES = ("x", "y", "z")
+
+
+def _as_triplet(values: Sequence[int], name: str) -> tuple[int, int, int]:
+    values = tuple(int(v) for v in values)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 entries (x, y, z), got {values}")
+    for axis, v in enumerate(values):
+        if v < 1:
+            raise ValueError(f"{name} must be >= 1 on every axis, got {v} on axis {AXIS_NAMES[axis]}")
+    return values  # type: ignore[return-value]
+
+
+def default_grid(spacing: Sequence[float], cells: int = 3) -> tuple[int, int, int]:
+    """The TPAMI grid: ``cells`` x ``cells`` over the two in-plane axes, 1 on the coarse axis.
+
+    Args:
+        spacing: voxel spacing of the configuration, in the axis order of the preprocessed arrays.
+        cells: number of base crops along each in-plane axis (3 in VoCo v2, 4 in v1).
+
+    Returns:
+        The grid ``(gx, gy, gz)``. The coarse axis is the one with the largest spacing; with
+        isotropic spacing (all equal) it is the first axis, so the last two are split.
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    coarse = int(np.argmax(spacing)) if not np.allclose(spacing, spacing[0]) else 0
+    return tuple(1 if axis == coarse else cells for axis in range(3))  # type: ignore[return-value]
+
+
+def validate_crop_size(crop_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, int, int]:
+    """Check that the encoder's total stride divides the crop size on every axis.
+
+    Args:
+        crop_size: crop edge per axis, in voxels.
+        divisor: product of the encoder's strides per axis.
+
+    Returns:
+        The crop size as a tuple of ints.
+
+    Raises:
+        ValueError: naming the first axis that cannot be divided, with a suggested size.
+    """
+    crop_size = _as_triplet(crop_size, "crop size")
+    for axis, (c, d) in enumerate(zip(crop_size, divisor)):
+        if c % int(d):
+            suggestion = max(int(d), int(round(c / d)) * int(d))
+            raise ValueError(
+                f"crop size {crop_size} is not divisible by the encoder's total stride {tuple(divisor)} "
+                f"on axis {AXIS_NAMES[axis]} ({c} % {d} != 0); pass --crop_size with a multiple of {d} "
+                f"on that axis, e.g. {suggestion}"
+            )
+    return crop_size
+
+
+def window_size(crop_size: Sequence[int], grid: Sequence[int]) -> tuple[int, int, int]:
+    """Window edge per axis: ``grid * crop_size``."""
+    crop_size = _as_triplet(crop_size, "crop size")
+    grid = _as_triplet(grid, "grid")
+    return tuple(g * c for g, c in zip(grid, crop_size))  # type: ignore[return-value]
+
+
+def base_crop_offsets(crop_size: Sequence[int], grid: Sequence[int]) -> np.ndarray:
+    """Lowest corners of the base crops, ordered x-major, then y, then z.
+
+    Returns:
+        Integer array of shape ``(gx * gy * gz, 3)``.
+    """
+    crop_size = np.asarray(_as_triplet(crop_size, "crop size"))
+    grid = _as_triplet(grid, "grid")
+    cells = np.stack(np.meshgrid(*[np.arange(g) for g in grid], indexing="ij"), axis=-1)
+    return (cells.reshape(-1, 3) * crop_size).astype(np.int64)
+
+
+def sample_target_offsets(
+    window: Sequence[int], crop_size: Sequence[int], n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw ``n`` target-crop corners uniformly so that each crop lies inside the window.
+
+    Args:
+        window: window edge per axis.
+        crop_size: crop edge per axis.
+        n: number of target crops.
+        rng: the generator to draw from (no global state is used).
+
+    Returns:
+        Integer array of shape ``(n, 3)`` with entries in ``[0, window - crop_size]``.
+
+    Raises:
+        ValueError: if the crop does not fit into the window on some axis.
+    """
+    window = np.asarray(_as_triplet(window, "window"))
+    crop_size = np.asarray(_as_triplet(crop_size, "crop size"))
+    too_big = np.flatnonzero(crop_size > window)
+    if too_big.size:
+        axis = int(too_big[0])
+        raise ValueError(
+            f"crop size {tuple(crop_size)} exceeds the window {tuple(window)} on axis {AXIS_NAMES[axis]}; "
+            f"use a grid of at least 1 on every axis"
+        )
+    return rng.integers(0, window - crop_size + 1, size=(int(n), 3)).astype(np.int64)
+
+
+def overlap_matrix(
+    target_offsets: np.ndarray, base_offsets: np.ndarray, crop_size: Sequence[int]
+) -> np.ndarray:
+    """Fractional volume overlap of every target crop with every base crop.
+
+    Args:
+        target_offsets: ``(S, 3)`` lowest corners of the target crops.
+        base_offsets: ``(K, 3)`` lowest corners of the base crops.
+        crop_size: crop edge per axis (targets and bases have the same size).
+
+    Returns:
+        float32 array ``(S, K)``. Rows sum to 1 for targets inside a window tiled by the bases.
+    """
+    crop = np.asarray(_as_triplet(crop_size, "crop size"), dtype=np.int64)
+    a = np.asarray(target_offsets, dtype=np.int64)[:, None, :]  # (S, 1, 3)
+    b = np.asarray(base_offsets, dtype=np.int64)[None, :, :]  # (1, K, 3)
+    per_axis = np.clip(np.minimum(a, b) + crop - np.maximum(a, b), 0, None)  # (S, K, 3)
+    return (per_axis.prod(axis=-1) / crop.prod()).astype(np.float32)

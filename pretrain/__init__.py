@@ -1,0 +1,1 @@
+"""The ``voco_pretrain`` program (installed as ``nnunet_voco.pretrain``)."""
