@@ -10,9 +10,9 @@ def _normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def _logits(targets: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
-    """Cosines between target and base embeddings of each volume, ReLU-ed: (B,S,D),(B,K,D) -> (B,S,K)."""
+    """ReLU-ed cosines of normalised embeddings per volume: (B,S,D), (B,K,D) -> (B,S,K)."""
     # The upper clamp only removes rounding above 1, which could push log(1 - l + eps) below zero.
-    return torch.bmm(_normalise(targets), _normalise(bases).transpose(1, 2)).clamp(0.0, 1.0)
+    return torch.bmm(targets, bases.transpose(1, 2)).clamp(0.0, 1.0)
 
 
 def _prediction_terms(
@@ -40,20 +40,19 @@ def _prediction_terms(
     return pos.mean(), negative.mean()
 
 
-def _regularization_term(bases: torch.Tensor) -> torch.Tensor:
+def _regularization_term(normed: torch.Tensor) -> torch.Tensor:
     """Mean squared positive cosine over base pairs i < j, with the gradient reaching base i only.
 
     Args:
-        bases: Student base-crop embeddings, shape (B, K, D).
+        normed: L2-normalised student base-crop embeddings, shape (B, K, D).
 
     Returns:
         Scalar tensor, averaged over pairs and volumes (0 when K < 2).
     """
-    normed = _normalise(bases)
     # Stop-gradient on the second factor: for the pair (i, j) only row i receives gradient.
     gram = torch.bmm(normed, normed.detach().transpose(1, 2))  # (B, K, K)
-    k = bases.shape[1]
-    upper = torch.ones(k, k, dtype=torch.bool, device=bases.device).triu(diagonal=1)
+    k = normed.shape[1]
+    upper = torch.ones(k, k, dtype=torch.bool, device=normed.device).triu(diagonal=1)
     per_volume = gram.relu().square().masked_fill(~upper, 0.0).sum((1, 2)) / max(k * (k - 1) // 2, 1)
     return per_volume.mean()
 
@@ -67,7 +66,8 @@ class VoCoLoss(torch.nn.Module):
     -log(1 - |y - l|), "overlap prediction"), pushes similarities to non-overlapping bases towards 0
     (negative term), and penalises positive cosine between the bases of a volume (regularisation,
     "bases should be distinct"). Preset ``v2`` adds an inter-volume term: the student predicts the
-    teacher's similarities between volume i's targets and volume i+1's bases.
+    teacher's similarities between volume i's targets and the bases of volume j = (i + 1) mod B
+    (``torch.roll``; with B = 1 a volume is paired with itself).
 
     - [0] VoCo, CVPR 2024, https://arxiv.org/abs/2402.17300
     - [1] Large-Scale 3D Medical Image Pre-training with Geometric Context Priors (TPAMI),
@@ -78,6 +78,9 @@ class VoCoLoss(torch.nn.Module):
 
     Examples:
         >>> loss_fn = VoCoLoss(preset="v2")
+        >>> x_s, x_t = torch.randn(2, 4, 64, requires_grad=True), torch.randn(2, 4, 64)
+        >>> q_s, q_t = torch.randn(2, 9, 64, requires_grad=True), torch.randn(2, 9, 64)
+        >>> overlaps = torch.softmax(torch.randn(2, 4, 9), dim=-1)
         >>> out = loss_fn(x_s, q_s, x_t, q_t, overlaps)
         >>> out["loss"].backward()
 
@@ -93,6 +96,8 @@ class VoCoLoss(torch.nn.Module):
         ValueError: If ``preset`` is not one of ``PRESETS``.
 
     Notes:
+        - Both presets follow the reference code, not the method as written in [0] (no teacher,
+          stop-gradient bases), which is not implemented.
         - ``v1`` logits are the symmetrised mean of ReLU(cos(x^s, q^t)) and ReLU(cos(x^t, q^s)) and
           its negative term is l^2; ``v2`` uses ReLU(cos(x^s, q^t)) and -log(1 - l + eps).
         - Logits are clamped to [0, 1]; the reference codes apply ReLU only. The upper clamp changes
@@ -146,7 +151,11 @@ class VoCoLoss(torch.nn.Module):
         Returns:
             Scalar tensors ``loss`` (weighted total), ``pos``, ``neg``, ``reg``, ``inter`` (0 for
             ``v1``) and the detached statistics ``logit_overlap_mean``, ``logit_zero_mean``,
-            ``base_similarity_mean`` and ``embedding_std``.
+            ``base_similarity_mean`` and ``embedding_std``. The logit means use the intra-volume
+            logits; ``logit_zero_mean`` is 0 when no overlap is 0. ``base_similarity_mean`` averages
+            the off-diagonal cosines of each volume's student bases. ``embedding_std`` is the
+            population std over all student target and base rows of the normalised embeddings,
+            averaged over dimensions (about 1/sqrt(D) when spread, 0 when collapsed).
 
         Shapes:
             student_targets, teacher_targets: (B, S, D); student_bases, teacher_bases: (B, K, D);
@@ -156,6 +165,7 @@ class VoCoLoss(torch.nn.Module):
         # Half-precision cosines and logs near 1 lose the signal, so compute in >= float32.
         x_s, q_s, x_t, q_t, y = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in inputs)
         with torch.autocast(device_type=x_s.device.type, enabled=False):
+            x_s, q_s, x_t, q_t = (_normalise(t) for t in (x_s, q_s, x_t, q_t))
             zero = torch.zeros((), dtype=x_s.dtype, device=x_s.device)
             if self.preset == "v1":
                 logits = 0.5 * (_logits(x_s, q_t) + _logits(x_t, q_s))  # (B, S, K)
@@ -167,7 +177,8 @@ class VoCoLoss(torch.nn.Module):
                 q_s_next, q_t_next = q_s.roll(-1, dims=0), q_t.roll(-1, dims=0)  # volume (i + 1) mod B
                 with torch.no_grad():
                     soft = _logits(x_t, q_t_next)
-                inter = sum(_prediction_terms(soft, _logits(x_s, q_s_next), "log", self.eps))
+                inter_pos, inter_neg = _prediction_terms(soft, _logits(x_s, q_s_next), "log", self.eps)
+                inter = inter_pos + inter_neg
             reg = _regularization_term(q_s)
             loss = self.pos_weight * pos + self.neg_weight * neg + self.reg_weight * reg
             if self.preset == "v2":
@@ -181,18 +192,17 @@ class VoCoLoss(torch.nn.Module):
 def _statistics(
     logits: torch.Tensor, overlaps: torch.Tensor, targets: torch.Tensor, bases: torch.Tensor
 ) -> dict[str, torch.Tensor]:
-    """Collapse indicators: logits on and off the overlap, base similarity, embedding spread."""
-    on = overlaps > 0
-    n_on, n_off = on.sum(), (~on).sum()
-    zero = logits.new_zeros(())
-    normed = _normalise(bases)
-    gram = torch.bmm(normed, normed.transpose(1, 2))  # (B, K, K)
+    """Collapse indicators from logits, overlaps and normalised student embeddings."""
+    on = (overlaps > 0).to(logits.dtype)
+    off = 1.0 - on
+    gram = torch.bmm(bases, bases.transpose(1, 2))  # (B, K, K)
     k = bases.shape[1]
     off_diagonal = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
-    embeddings = _normalise(torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)]))  # (B*(S+K), D)
+    embeddings = torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)])  # (B*(S+K), D)
     return {
-        "logit_overlap_mean": logits[on].mean() if n_on > 0 else zero,
-        "logit_zero_mean": logits[~on].mean() if n_off > 0 else zero,
+        # clamp_min(1) gives 0 instead of nan when a set is empty, without a host sync.
+        "logit_overlap_mean": (logits * on).sum() / on.sum().clamp_min(1.0),
+        "logit_zero_mean": (logits * off).sum() / off.sum().clamp_min(1.0),
         "base_similarity_mean": (off_diagonal / max(k * (k - 1), 1)).mean(),
         # SimSiam's indicator: about 1/sqrt(D) for spread embeddings, 0 when collapsed.
         "embedding_std": embeddings.std(dim=0, correction=0).mean(),

@@ -1,0 +1,48 @@
+"""``voco_import_weights``: convert a released VoCo Swin checkpoint into ``voco_encoder.pth``.
+
+Example::
+
+    voco_import_weights VoCo_B_SSL_head.pt -o voco_encoder.pth
+    voco_import_weights VoComni_B.pt -o voco_encoder.pth --in_channels 2
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_voco.official_weights import import_official
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voco_import_weights",
+        description="Convert an official VoCo Swin release (VoCo_{B,L,H}_SSL_head.pt or VoComni_{B,L,H}.pt) "
+                    "into an nnunet-voco voco_encoder.pth for nnUNetTrainerVoCoSwin. Only the encoder "
+                    "(swinViT, encoder1-4, encoder10) is kept. The file is read with weights_only=True.",
+    )
+    parser.add_argument("file", help="released checkpoint (.pt/.pth)")
+    parser.add_argument("-o", "--output", required=True, help="output file, e.g. voco_encoder.pth")
+    parser.add_argument("--in_channels", type=int, default=None,
+                        help="input channels of the downstream data; if it differs from the file's (1), the "
+                             "first convolutions are adapted (kernels summed over input channels, divided "
+                             "by the new count). Default: keep the file's")
+    parser.add_argument("--feature_size", type=int, default=None,
+                        help="expected feature size (48 = B, 96 = L, 192 = H); default: read from the file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        report = import_official(args.file, args.output, args.in_channels, args.feature_size)
+    except (OSError, RuntimeError, ValueError) as e:
+        print(f"voco_import_weights: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    arch = report.meta["architecture"]
+    print(report.summary())
+    print(f"wrote {args.output} (swin, feature size {arch['feature_size']}, {arch['in_channels']} input channels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

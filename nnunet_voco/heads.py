@@ -1,0 +1,50 @@
+"""Embedding heads of VoCo: multi-level pooling and the projection MLP.
+
+VoCo [0, 1] embeds a crop by global-average-pooling several feature levels of the backbone and
+concatenating them (official code: five SwinUNETR levels, 24F channels), then projecting with a
+3-layer MLP whose batch norms have no affine parameters.
+
+References:
+    [0] VoCo, CVPR 2024, arXiv:2402.17300. [1] VoCo TPAMI extension, arXiv:2410.09890.
+
+Notes:
+    The official projector's BatchNorm1d layers always use batch statistics (also in eval). We use
+    ``track_running_stats=False`` for the same behaviour; under DDP the loop converts them to
+    SyncBatchNorm so that the statistics cover the global batch (the official DDP code keeps
+    per-GPU statistics).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+def pool_stage_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Global-average-pool every feature map and concatenate.
+
+    Shapes:
+        maps: ``[(N, C_i, *spatial_i)]`` -> ``(N, sum_i C_i)``.
+    """
+    return torch.cat([m.flatten(2).mean(dim=2) for m in maps], dim=1)
+
+
+class ProjectionHead(nn.Sequential):
+    """Linear -> BN -> ReLU -> Linear -> BN -> ReLU -> Linear (BN without affine, batch statistics).
+
+    Args:
+        in_dim: embedding length (sum of pooled channels).
+        hidden_dim: width of the hidden layers (v1: 2048, v2: 1024 in the official code).
+        out_dim: output dimension.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 1024, out_dim: int = 1024):
+        def bn() -> nn.BatchNorm1d:
+            return nn.BatchNorm1d(hidden_dim, affine=False, track_running_stats=False)
+
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim), bn(), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim), bn(), nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )

@@ -1,0 +1,69 @@
+"""Background loading of VoCo samples: an endless, seeded stream fed through torch's DataLoader.
+
+Every worker of every rank draws its own stream of windows from a ``numpy.random.Generator``
+seeded with ``(seed, rank, worker, start_step)``: ranks and workers never repeat each other, a run
+is reproducible for a fixed worker count, and a resumed run continues with fresh windows instead of
+replaying the first ones. Cases are drawn uniformly with replacement, which for self-supervised
+pre-training on thousands of cases is equivalent to shuffled epochs and needs no sampler state.
+
+Workers use one thread each (torch and blosc2) so that they do not compete with the model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from nnunet_voco.augment import AugmentConfig, augment_crops
+from nnunet_voco.sampling import WindowSampler
+
+
+class VoCoStream(IterableDataset):
+    """Endless stream of per-volume samples ``{"bases", "targets", "overlaps"}`` as tensors.
+
+    Args:
+        sampler: the :class:`WindowSampler`.
+        seed: run seed.
+        rank: distributed rank.
+        start_step: optimiser step the stream starts at (mixes into the seed on resume).
+        augment: augmentation applied in the worker, or None to leave it to the caller (on a GPU
+            the loop augments the batch on the device instead).
+        inplane_axes: axes rot90 rotates in.
+    """
+
+    def __init__(self, sampler: WindowSampler, seed: int, rank: int = 0, start_step: int = 0,
+                 augment: AugmentConfig | None = None, inplane_axes: tuple[int, int] = (1, 2)):
+        self.sampler = sampler
+        self.seed, self.rank, self.start_step = int(seed), int(rank), int(start_step)
+        self.augment = augment
+        self.inplane_axes = inplane_axes
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        if info is not None:
+            torch.set_num_threads(1)
+            try:
+                import blosc2
+
+                blosc2.set_nthreads(1)
+            except ImportError:
+                pass
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        while True:
+            sample = self.sampler.sample(rng)
+            bases = torch.from_numpy(sample["bases"])
+            targets = torch.from_numpy(sample["targets"])
+            if self.augment is not None:
+                bases = augment_crops(bases, self.augment, generator, self.inplane_axes)
+                targets = augment_crops(targets, self.augment, generator, self.inplane_axes)
+            yield {"bases": bases, "targets": targets, "overlaps": torch.from_numpy(sample["overlaps"])}
+
+
+def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+    """DataLoader yielding batches ``bases (B, K, C, *crop)``, ``targets (B, S, C, *crop)``, ``overlaps (B, S, K)``."""
+    kwargs = {}
+    if num_workers > 0:
+        kwargs.update(persistent_workers=True, prefetch_factor=4)
+    return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

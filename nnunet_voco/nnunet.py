@@ -1,0 +1,147 @@
+"""The one place that knows nnU-Net's folders, plans and dataset classes.
+
+Everything is read through nnU-Net's own API (``maybe_convert_to_dataset_name``, ``PlansManager``,
+``ConfigurationManager``, ``infer_dataset_class``), so blosc2 and numpy preprocessed data both work
+and nnU-Net's path variables (lazy ``_EnvPath`` objects in 2.8) are honoured.
+
+User errors raise :class:`UserInputError` (a ``ValueError``) whose message is one line naming the
+value and the fix; the command-line programs turn it into exit code 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Sequence
+
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+
+class UserInputError(ValueError):
+    """Bad input from the user: the command prints the message and exits with code 2."""
+
+
+def _env_folder(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise UserInputError(f"environment variable {name} is not set; export it to the nnU-Net {name[7:]} folder "
+                             f"(see nnU-Net's documentation/setting_up_paths.md)")
+    return value
+
+
+def preprocessed_root() -> str:
+    return _env_folder("nnUNet_preprocessed")
+
+
+def results_root() -> str:
+    return _env_folder("nnUNet_results")
+
+
+def dataset_name(dataset: str | int) -> str:
+    """Resolve ``17``, ``"17"`` or ``"Dataset017_Liver"`` to the dataset folder name."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    preprocessed_root()
+    try:
+        return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
+    except (RuntimeError, ValueError) as e:
+        raise UserInputError(
+            f"unknown dataset {dataset!r}: no DatasetXXX_Name folder for it in nnUNet_raw, nnUNet_preprocessed "
+            f"or nnUNet_results ({str(e).splitlines()[0][:120]}); check the id with `ls $nnUNet_preprocessed`"
+        ) from None
+
+
+@dataclasses.dataclass
+class DatasetSource:
+    """One preprocessed dataset that VoCo samples from."""
+
+    name: str
+    data_folder: str
+    plans_file: str
+    plans_manager: object  # nnunetv2 PlansManager
+    configuration_manager: object  # nnunetv2 ConfigurationManager
+    dataset_json: dict
+    identifiers: list[str]
+    num_input_channels: int
+    dataset_class: type
+
+    def open(self):
+        """A fresh nnU-Net dataset object (lazy: cases are memory-mapped on demand)."""
+        return self.dataset_class(self.data_folder, self.identifiers)
+
+
+def open_dataset(dataset: str | int, plans_name: str, configuration: str) -> DatasetSource:
+    """Locate a preprocessed dataset and its plans; raise a one-line error naming the fix."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    name = dataset_name(dataset)
+    folder = os.path.join(preprocessed_root(), name)
+    ds_id = int(name[7:10])
+    plan_cmd = f"nnUNetv2_plan_and_preprocess -d {ds_id} -c {configuration}"
+    if not os.path.isdir(folder):
+        raise UserInputError(f"dataset {name} is not preprocessed ({folder} does not exist); run `{plan_cmd}` first")
+    plans_file = os.path.join(folder, plans_name + ".json")
+    if not os.path.isfile(plans_file):
+        available = sorted(f[:-5] for f in os.listdir(folder) if f.endswith("Plans.json") or "Plans" in f)
+        raise UserInputError(
+            f"plans {plans_name!r} not found for {name} (available: {', '.join(available) or 'none'}); pass -p with "
+            f"one of them or run `{plan_cmd}`" + (" -pl <planner>" if plans_name != "nnUNetPlans" else "")
+        )
+    pm = PlansManager(plans_file)
+    if configuration not in pm.available_configurations:
+        raise UserInputError(
+            f"configuration {configuration!r} is not in {plans_name} of {name} (available: "
+            f"{', '.join(pm.available_configurations)}); pass -c with one of them"
+        )
+    cm = pm.get_configuration(configuration)
+    data_folder = os.path.join(folder, cm.data_identifier)
+    dataset_json = load_json(os.path.join(folder, "dataset.json"))
+    if not os.path.isdir(data_folder) or not os.listdir(data_folder):
+        raise UserInputError(f"{name} has plans but no preprocessed data in {data_folder}; run `{plan_cmd}`")
+    cls = infer_dataset_class(data_folder)
+    identifiers = sorted(cls.get_identifiers(data_folder))
+    if not identifiers:
+        raise UserInputError(f"{name} has no preprocessed cases in {data_folder}; run `{plan_cmd}`")
+    n_in = determine_num_input_channels(pm, cm, dataset_json)
+    return DatasetSource(name, data_folder, plans_file, pm, cm, dataset_json, identifiers, n_in, cls)
+
+
+def open_datasets(datasets: Sequence[str | int], plans_name: str, configuration: str) -> list[DatasetSource]:
+    """Open several datasets for pooled pre-training; they must agree on plans and channels.
+
+    The first dataset's plans define the encoder and the crop geometry. Datasets whose spacing,
+    normalisation or network differ from the first one are accepted with a warning (their arrays
+    are used as preprocessed); a different channel count is an error.
+    """
+    sources = [open_dataset(d, plans_name, configuration) for d in datasets]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise UserInputError(f"dataset given twice in -d {' '.join(map(str, datasets))}; list each dataset once")
+    first = sources[0]
+    for s in sources[1:]:
+        if s.num_input_channels != first.num_input_channels:
+            raise UserInputError(
+                f"{s.name} has {s.num_input_channels} input channels but {first.name} has "
+                f"{first.num_input_channels}; pool only datasets with the same channels"
+            )
+        for field in ("spacing", "normalization_schemes", "network_arch_init_kwargs"):
+            a, b = getattr(first.configuration_manager, field), getattr(s.configuration_manager, field)
+            if _plain(a) != _plain(b):
+                warnings.warn(f"{s.name} differs from {first.name} in {field} ({b} vs {a}); "
+                              f"the encoder follows {first.name}'s plans")
+    return sources
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def voco_output_folder(source_name: str, plans_name: str, configuration: str) -> str:
+    """``$nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>``."""
+    return os.path.join(results_root(), source_name, f"VoCo__{plans_name}__{configuration}")

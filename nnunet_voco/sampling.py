@@ -1,0 +1,162 @@
+"""Read VoCo windows from nnU-Net preprocessed cases and cut them into base and target crops.
+
+A window of ``grid * crop_size`` voxels is placed in a case, only that region is read from the
+memory-mapped array (blosc2 or numpy, through nnU-Net's dataset classes), and it is cut into the
+base-crop grid plus ``num_targets`` randomly placed target crops with their overlap targets
+(:mod:`nnunet_voco.geometry`). Cases smaller than the window are padded.
+
+Window placement is biased towards the foreground: with probability ``foreground_probability`` the
+window is centred (with jitter) on a random voxel of ``properties["class_locations"]`` that nnU-Net
+stores for every labelled class (the unlabelled pools of ``voco_preprocess_unlabeled`` store a body
+mask there), otherwise it is placed uniformly. This keeps base crops from being mostly air or
+padding, which the official code handles with a foreground crop of the whole volume.
+
+Notes:
+    Padding uses the minimum of the region that was read (per channel): after nnU-Net's CT
+    normalisation that is the clipped air value, so padding looks like air rather than like the
+    mean tissue intensity that nnU-Net's zero padding of z-scored data would produce.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from nnunet_voco import geometry
+
+
+@dataclasses.dataclass(frozen=True)
+class CropLayout:
+    """Crop size, base grid and number of target crops of one VoCo sample."""
+
+    crop_size: tuple[int, int, int]
+    grid: tuple[int, int, int]
+    num_targets: int
+
+    @property
+    def window(self) -> tuple[int, int, int]:
+        return geometry.window_size(self.crop_size, self.grid)
+
+    @property
+    def num_bases(self) -> int:
+        return int(np.prod(self.grid))
+
+
+def _class_locations(properties: dict) -> list[np.ndarray]:
+    locations = properties.get("class_locations") or {}
+    return [np.asarray(v) for v in locations.values() if v is not None and len(v)]
+
+
+def window_origin(
+    shape: Sequence[int], window: Sequence[int], properties: dict, foreground_probability: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Lowest corner of the window in case coordinates (negative where the case is padded).
+
+    Args:
+        shape: spatial shape of the case ``(X, Y, Z)``.
+        window: window edge per axis.
+        properties: the case's nnU-Net properties (``class_locations`` is used if present).
+        foreground_probability: probability of centring the window on a foreground voxel.
+        rng: generator.
+
+    Returns:
+        Integer array ``(3,)``; each entry lies in ``[min(0, X - W), max(0, X - W)]``.
+    """
+    shape, window = np.asarray(shape), np.asarray(window)
+    low, high = np.minimum(0, shape - window), np.maximum(0, shape - window)
+    locations = _class_locations(properties)
+    if locations and rng.random() < foreground_probability:
+        voxels = locations[rng.integers(len(locations))]
+        centre = voxels[rng.integers(len(voxels))][-3:]
+        jitter = rng.integers(-(window // 4), window // 4 + 1)
+        origin = centre - window // 2 + jitter
+    else:
+        origin = rng.integers(low, high + 1)
+    return np.clip(origin, low, high).astype(np.int64)
+
+
+def read_window(data, origin: np.ndarray, window: Sequence[int]) -> np.ndarray:
+    """Read ``data[:, origin:origin + window]`` (only that region) and pad what lies outside.
+
+    Args:
+        data: ``(C, X, Y, Z)`` array-like supporting slicing (blosc2 NDArray, numpy memmap).
+        origin: lowest corner, may be negative.
+        window: window edge per axis.
+
+    Returns:
+        float32 array ``(C, *window)``.
+    """
+    shape = np.asarray(data.shape[1:])
+    lo = np.maximum(origin, 0)
+    hi = np.minimum(origin + np.asarray(window), shape)
+    region = np.asarray(data[(slice(None),) + tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+    before = lo - origin
+    after = np.asarray(window) - before - (hi - lo)
+    if not before.any() and not after.any():
+        return region
+    fill = region.reshape(region.shape[0], -1).min(axis=1) if region.size else np.zeros(region.shape[0])
+    out = np.empty((region.shape[0],) + tuple(int(w) for w in window), dtype=np.float32)
+    out[...] = fill.astype(np.float32)[:, None, None, None]
+    out[(slice(None),) + tuple(slice(int(b), int(b) + int(h - l)) for b, l, h in zip(before, lo, hi))] = region
+    return out
+
+
+def cut_crops(window_array: np.ndarray, layout: CropLayout, target_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a window into base crops (x-major order) and cut the target crops.
+
+    Returns:
+        ``bases`` ``(K, C, *crop)`` and ``targets`` ``(S, C, *crop)``, float32, contiguous.
+    """
+    c = window_array.shape[0]
+    (gx, gy, gz), (cx, cy, cz) = layout.grid, layout.crop_size
+    bases = window_array.reshape(c, gx, cx, gy, cy, gz, cz).transpose(1, 3, 5, 0, 2, 4, 6)
+    bases = np.ascontiguousarray(bases).reshape(gx * gy * gz, c, cx, cy, cz)
+    targets = np.stack([window_array[:, x:x + cx, y:y + cy, z:z + cz] for x, y, z in target_offsets])
+    return bases, targets
+
+
+class WindowSampler:
+    """Draws VoCo samples (bases, targets, overlaps) from one or several preprocessed datasets.
+
+    Args:
+        sources: :class:`nnunet_voco.nnunet.DatasetSource` objects (cases are pooled uniformly).
+        layout: crop size, grid and number of targets.
+        foreground_probability: see :func:`window_origin`.
+    """
+
+    def __init__(self, sources: Sequence, layout: CropLayout, foreground_probability: float = 0.67):
+        self.sources = list(sources)
+        self.layout = layout
+        self.foreground_probability = foreground_probability
+        self.base_offsets = geometry.base_crop_offsets(layout.crop_size, layout.grid)
+        self.cases = [(i, ident) for i, s in enumerate(self.sources) for ident in s.identifiers]
+        self._datasets: dict[int, object] = {}
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _dataset(self, index: int):
+        # Opened lazily per process: nnU-Net dataset objects hold only file names.
+        if index not in self._datasets:
+            self._datasets[index] = self.sources[index].open()
+        return self._datasets[index]
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        """One VoCo sample from a uniformly drawn case.
+
+        Returns:
+            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32),
+            ``overlaps`` ``(S, K)`` (float32, rows sum to 1) and ``case`` (str).
+        """
+        source_index, identifier = self.cases[rng.integers(len(self.cases))]
+        data, _, _, properties = self._dataset(source_index).load_case(identifier)
+        window = self.layout.window
+        origin = window_origin(data.shape[1:], window, properties, self.foreground_probability, rng)
+        window_array = read_window(data, origin, window)
+        target_offsets = geometry.sample_target_offsets(window, self.layout.crop_size, self.layout.num_targets, rng)
+        bases, targets = cut_crops(window_array, self.layout, target_offsets)
+        overlaps = geometry.overlap_matrix(target_offsets, self.base_offsets, self.layout.crop_size)
+        return {"bases": bases, "targets": targets, "overlaps": overlaps,
+                "case": f"{self.sources[source_index].name}/{identifier}"}

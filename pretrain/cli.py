@@ -1,0 +1,122 @@
+"""``voco_pretrain``: VoCo self-supervised pre-training on nnU-Net-preprocessed datasets.
+
+Also runnable as ``python -m nnunet_voco.pretrain.cli`` (that is how torchrun starts it).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_voco.pretrain.config import PretrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = PretrainConfig(datasets=("0",))
+    p = argparse.ArgumentParser(
+        prog="voco_pretrain",
+        description="VoCo (Volume Contrast) pre-training of the encoder nnU-Net builds for a dataset. Run "
+                    "nnUNetv2_plan_and_preprocess first; afterwards fine-tune with "
+                    "nnUNetv2_train D 3d_fullres FOLD -tr nnUNetTrainerVoCo. Multi-GPU: "
+                    "torchrun --nproc_per_node N -m nnunet_voco.pretrain.cli (same flags).",
+    )
+    add = p.add_argument
+    add("-d", dest="datasets", nargs="+", required=True,
+        help="dataset id(s) or name(s). Several datasets are pooled; the first one's plans define the encoder, "
+             "the crops and the output folder")
+    add("-p", dest="plans", default=d.plans, help="[OPTIONAL] plans identifier, e.g. nnUNetResEncUNetMPlans. "
+        "Default: %(default)s")
+    add("-c", dest="configuration", default=d.configuration, help="[OPTIONAL] configuration. Default: %(default)s")
+    add("-o", dest="output_folder", default=None,
+        help="[OPTIONAL] output folder. Default: $nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>, where "
+             "nnUNetTrainerVoCo looks for the weights")
+    add("-device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
+        help="[OPTIONAL] device. Default: cuda when available, else cpu")
+    add("--preset", choices=("v2", "v1"), default=d.preset,
+        help="v2 (default): TPAMI code (projector EMA, -log negatives, inter-volume term); v1: CVPR repo code "
+             "(full EMA teacher, symmetrised logits, squared negatives)")
+    add("--encoder", choices=("plans", "swin_b", "swin_l", "swin_h"), default=d.encoder,
+        help="plans (default): the CNN of the plans (PlainConvUNet / ResEnc); swin_b/l/h: MONAI SwinUNETR-v2 "
+             "(feature size 48/96/192), fine-tune with nnUNetTrainerVoCoSwin")
+    add("--swin_feature_size", type=int, default=None, help="[OPTIONAL] Swin feature size override (multiple of 12)")
+    add("--gradient_checkpointing", action="store_true", help="Swin: recompute activations to save memory")
+    add("--num_steps", type=int, default=d.num_steps,
+        help="optimiser steps. Default %(default)s; the official runs used 250k (v1) and up to 2M (v2) steps on "
+             "thousands of CTs; a few thousand steps already help small datasets")
+    add("--warmup_steps", type=int, default=None, help="linear warm-up steps. Default: min(5000, num_steps/20)")
+    add("--batch_size", type=int, default=None,
+        help="volumes per step per process. Default: derived from the plans' batch size so that a step fits "
+             "nnU-Net's GPU-memory target (printed at start)")
+    add("--num_targets", type=int, default=d.num_targets, help="target crops per volume. Default %(default)s")
+    add("--grid", type=int, nargs=3, default=None, metavar=("GX", "GY", "GZ"),
+        help="base-crop grid. Default: 3x3 over the two in-plane axes, 1 on the coarse axis (TPAMI recipe)")
+    add("--crop_size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+        help="crop size in voxels. Default: the configuration's patch size; must be divisible by the encoder's "
+             "total stride. Smaller crops save memory")
+    add("--lr", type=float, default=d.lr, help="peak AdamW learning rate. Default %(default)s (official); "
+        "lower it if the positive loss diverges")
+    add("--min_lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine. Default %(default)s")
+    add("--weight_decay", type=float, default=d.weight_decay, help="AdamW weight decay. Default %(default)s")
+    add("--grad_clip", type=float, default=d.grad_clip, help="max gradient norm (0 = off). Default %(default)s")
+    add("--ema_momentum", type=float, default=d.ema_momentum,
+        help="teacher EMA momentum. Default %(default)s as in both official codes; the teacher is load-bearing "
+             "(without it the loss stalls)")
+    add("--ema_momentum_final", type=float, default=None, help="[OPTIONAL] cosine-ramp the momentum to this value")
+    add("--head_dim", type=int, default=None, help="projector width. Default 1024 (v2) / 2048 (v1)")
+    add("--embedding_dropout", type=float, default=None, help="v2 dropout on the pooled embedding. Default 0.2")
+    add("--row_dropout", action="store_true",
+        help="drop whole embeddings, reproducing the official v2 Dropout1d behaviour on a 2-D matrix")
+    for term, what in (("pos", "positive prediction"), ("neg", "negative prediction"), ("reg", "base regulariser"),
+                       ("inter", "v2 inter-volume")):
+        add(f"--{term}_weight", type=float, default=1.0, help=f"weight of the {what} term. Default 1")
+    add("--flip_prob", type=float, default=d.flip_prob, help="per-axis flip probability per crop. Default %(default)s")
+    add("--rot90_prob", type=float, default=d.rot90_prob, help="in-plane rot90 probability. Default %(default)s")
+    add("--shift_prob", type=float, default=None, help="intensity shift (+-0.1) probability. Default 0.5 v2 / 0.1 v1")
+    add("--scale_prob", type=float, default=d.scale_prob, help="intensity scale (x[0.9,1.1]) probability. "
+        "Default %(default)s")
+    add("--foreground_probability", type=float, default=d.foreground_probability,
+        help="share of windows centred on labelled (or body-mask) voxels. Default %(default)s")
+    add("--num_workers", type=int, default=None, help="data-loading workers per process. Default min(4, CPUs-1)")
+    add("--precision", choices=("bf16", "fp16", "fp32"), default=None,
+        help="autocast precision. Default bf16 on CUDA, fp32 elsewhere (the loss is always fp32)")
+    add("--compile", action="store_true", help="torch.compile the encoder (CUDA)")
+    add("--channels_last", action="store_true", help="channels_last_3d memory format (CUDA)")
+    add("--seed", type=int, default=d.seed, help="random seed. Default %(default)s")
+    add("--save_every", type=int, default=d.save_every, help="steps between checkpoint_latest.pth writes")
+    add("--log_every", type=int, default=d.log_every, help="steps between metric rows")
+    add("--max_nonfinite", type=int, default=d.max_nonfinite,
+        help="abort after this many consecutive non-finite losses. Default %(default)s")
+    add("--c", dest="continue_training", action="store_true",
+        help="continue the run in the output folder (step, optimiser, schedule, scaler, teacher, RNG)")
+    add("--overwrite", action="store_true", help="start a new run in a folder that holds another run")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    values = vars(args).copy()
+    values["datasets"] = tuple(values["datasets"])
+    for key in ("grid", "crop_size"):
+        if values[key] is not None:
+            values[key] = tuple(values[key])
+    return PretrainConfig(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nnunet_voco.discovery import ensure_startup_hook
+    from nnunet_voco.nnunet import UserInputError
+
+    args = build_parser().parse_args(argv)
+    ensure_startup_hook()
+    from nnunet_voco.pretrain.loop import Interrupted, run_pretraining
+
+    try:
+        run_pretraining(config_from_args(args))
+    except (UserInputError, ValueError, FileNotFoundError) as e:
+        print(f"voco_pretrain: error: {e}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
