@@ -26,6 +26,10 @@ ENCODER_FORMAT = "nnunet_voco.encoder"
 STATE_FORMAT = "nnunet_voco.pretrain_state"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used: unreadable, unsafe, of another format or schema version."""
+
+
 def to_plain(value: Any) -> Any:
     """Convert numpy scalars/arrays, tuples and paths to plain python types (weights_only-safe)."""
     if isinstance(value, Mapping):
@@ -57,6 +61,7 @@ def save_atomic(obj: Any, path: str) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -78,28 +83,28 @@ def load_file(path: str, map_location: str | torch.device = "cpu") -> dict:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
+        raise CheckpointError(
             f"cannot read checkpoint {path} safely ({type(e).__name__}: {first[:200]}); the file is "
             f"truncated, corrupt or carries pickled objects, which are refused (weights_only=True); "
             f"use an intact file written by nnunet-voco or convert it with voco_import_weights"
         ) from None
     if not isinstance(obj, dict):
-        raise RuntimeError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
 
 
 def check_schema(obj: Mapping, path: str, expected_format: str) -> None:
     """Raise a one-line error unless ``obj`` is a current nnunet-voco file of ``expected_format``."""
-    meta = obj.get("meta", obj)
+    meta = obj if "format" in obj else obj.get("meta", {})
     fmt = meta.get("format")
     if fmt != expected_format:
-        raise RuntimeError(
+        raise CheckpointError(
             f"{path} is not a {expected_format} file (format field: {fmt!r}); pass a file written by "
             f"voco_pretrain or converted with voco_import_weights"
         )
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise RuntimeError(
+        raise CheckpointError(
             f"{path} has schema version {version!r}, this nnunet-voco reads version {SCHEMA_VERSION}; "
             f"re-export it with the nnunet-voco release that wrote it"
         )

@@ -44,10 +44,10 @@ def dataset_name(dataset: str | int) -> str:
     preprocessed_root()
     try:
         return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError):
         raise UserInputError(
             f"unknown dataset {dataset!r}: no DatasetXXX_Name folder for it in nnUNet_raw, nnUNet_preprocessed "
-            f"or nnUNet_results ({str(e).splitlines()[0][:120]}); check the id with `ls $nnUNet_preprocessed`"
+            f"or nnUNet_results; check the id with `ls $nnUNet_preprocessed`"
         ) from None
 
 

@@ -14,12 +14,13 @@ strictly into a freshly built encoder, or a counted skip.
 
 The official files carry no nnU-Net plans, so the plans fields of the metadata (plans identifier,
 configuration, patch size, spacing, normalisation) are ``None`` and the fine-tuning trainer skips
-its plans compatibility checks for these weights; the architecture checks (feature size, tensor
-shapes) still apply. Every file is read with ``weights_only=True``.
+its plans compatibility checks for these weights (``weights_lookup.check_compatibility`` checks CNN
+plans only); the architecture checks (feature size, tensor shapes) still apply. Every file is read with ``weights_only=True``.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections import Counter
 from typing import Mapping
@@ -173,20 +174,26 @@ def _official_meta(path: str, in_channels: int, source_in_channels: int, feature
         pretrained_on="official VoCo release",
         preset="official",
         steps=None,
+        num_input_channels=in_channels,
         # No nnU-Net plans exist for official files; plans compatibility checks are skipped.
-        plans_identifier=None,
+        plans_name=None,
         configuration=None,
+        dataset_name=None,
+        datasets=None,
         patch_size=None,
+        crop_size=None,
         spacing=None,
         normalization_schemes=None,
-        datasets=None,
     )
     return to_plain(meta)
 
 
 def import_official(path: str, output: str, in_channels: int | None = None,
                     feature_size: int | None = None) -> ImportReport:
-    """Convert ``path`` and write ``output`` (``voco_encoder.pth`` format); return the report."""
+    """Convert ``path``, write ``output`` (``voco_encoder.pth`` format) and its metadata as JSON
+    next to it (``voco_encoder.json``, as ``voco_pretrain`` does); return the report."""
     report = convert_official(path, in_channels, feature_size)
     save_encoder(output, report.encoder, report.meta)
+    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
+        json.dump(report.meta, f, indent=2)
     return report

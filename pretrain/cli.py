@@ -101,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nnunet_voco.checkpoint import CheckpointError
     from nnunet_voco.discovery import ensure_startup_hook
     from nnunet_voco.nnunet import UserInputError
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_pretraining(config_from_args(args))
-    except (UserInputError, ValueError, FileNotFoundError) as e:
+    except (UserInputError, ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"voco_pretrain: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

@@ -116,7 +116,7 @@ def test_import_and_transfer_exact_counts(tmp_path, official_state, kind, n_skip
     assert import_main([src, "-o", out]) == 0
     assert f"imported {N_ENCODER} encoder tensors, skipped {n_skipped} decoder/head tensors" in capsys.readouterr().out
     state, meta = load_encoder(out)
-    assert meta["preset"] == "official" and meta["plans_identifier"] is None and meta["steps"] is None
+    assert meta["preset"] == "official" and meta["plans_name"] is None and meta["steps"] is None
     net = build_swin_network(1, 3, F)
     decoder_before = {k: v.clone() for k, v in net.swin.state_dict().items() if k.startswith(("decoder", "out"))}
     report = transfer_encoder(net, state, meta)

@@ -1,0 +1,49 @@
+"""Loading VoCo weights into an nnU-Net trainer's network, loudly (used by ``nnUNetTrainerVoCo*``).
+
+The log line reads ``VoCo: loaded N/N encoder tensors from FILE (pretrained on ..., preset ...,
+... steps)``. Anything short of the full encoder is an error unless ``nnUNet_voco_allow_partial=1``
+is set (or the trainer class allows it); a different number of input channels adapts the stem
+with the rule of :func:`nnunet_voco.checkpoint.adapt_input_channels` and says so.
+"""
+from __future__ import annotations
+
+import os
+
+from nnunet_voco.checkpoint import load_encoder, transfer_encoder
+from nnunet_voco.weights_lookup import ENV_ALLOW_PARTIAL, check_compatibility, find_voco_weights
+
+
+def load_voco_weights(trainer, family: str = "cnn", allow_partial: bool = False):
+    """Find, check and load VoCo weights into ``trainer.network``; returns the transfer report.
+
+    Raises:
+        FileNotFoundError: no weights (message: the ``voco_pretrain`` command to run).
+        RuntimeError: incompatible checkpoint or incomplete transfer (message: the field/key).
+    """
+    choice = find_voco_weights(trainer.plans_manager.dataset_name, trainer.plans_manager.plans_name,
+                               trainer.configuration_name, family)
+    state, meta = load_encoder(choice.path)
+    if meta.get("encoder_family") != family:
+        raise RuntimeError(f"VoCo: {choice.path} holds a {meta.get('encoder_family')} encoder but this trainer "
+                           f"fine-tunes a {family} network; use the matching trainer or weights")
+    check_compatibility(meta, trainer.plans_manager.plans_name, trainer.configuration_name,
+                        trainer.configuration_manager, choice.path)
+    allow_partial = allow_partial or os.environ.get(ENV_ALLOW_PARTIAL, "0").lower() in ("1", "true", "yes")
+    report = transfer_encoder(trainer.network, state, meta, allow_partial=allow_partial)
+    source = ", ".join(meta.get("datasets") or [meta.get("pretrained_on") or "unknown data"])
+    steps = meta.get("steps")
+    trainer.print_to_log_file(
+        f"VoCo: loaded {len(report.loaded)}/{report.expected} encoder tensors from {choice.path} (pretrained on "
+        f"{source}, preset {meta.get('preset')}, {steps if steps is not None else 'unknown'} steps; {choice.reason})")
+    for other in choice.others:
+        trainer.print_to_log_file(f"VoCo: other candidate not used: {other}")
+    if report.adapted:
+        trainer.print_to_log_file(
+            f"VoCo: adapted the input projection for {trainer.num_input_channels} input channels "
+            f"(checkpoint: {meta.get('num_input_channels')}): each new channel gets the channel-summed kernel / "
+            f"{trainer.num_input_channels} ({', '.join(report.adapted)})")
+    if not report.complete:
+        trainer.print_to_log_file(
+            f"VoCo: WARNING partial transfer allowed: {len(report.missing)} missing, {len(report.mismatched)} "
+            f"mismatched, {len(report.unexpected)} unexpected tensors")
+    return report
