@@ -403,6 +403,10 @@ def _load_target(target: str | int, plans_name: str, configuration: str) -> tupl
                          "check the id with `ls $nnUNet_preprocessed $nnUNet_raw`") from None
     target_folder = os.path.join(nnUNet_preprocessed, target_name)
     plans_file = os.path.join(target_folder, plans_name + ".json")
+    existing = sorted(f[:-5] for f in os.listdir(target_folder) if f.endswith("Plans.json")) \
+        if os.path.isdir(target_folder) else []
+    if existing and not os.path.isfile(plans_file):
+        raise ValueError(f"plans {plans_name!r} not found for {target_name}; choose one of {existing} with -p")
     if not os.path.isfile(plans_file) or not os.path.isfile(os.path.join(target_folder, "dataset.json")):
         raise ValueError(f"{target_name} is not planned: {plans_file} not found; run `nnUNetv2_plan_and_preprocess "
                          f"-d {int(target_name[7:10])} -c {configuration}` first (with -pl/-overwrite_plans_name for "

@@ -180,8 +180,13 @@ def test_user_errors(nnunet_env, inputs, target, output, configuration, message)
         up.create_unlabeled_pool([inputs], target, output, configuration=configuration, progress=False)
 
 
-def test_empty_input_folder_is_an_error(nnunet_env, tmp_path):
+def test_empty_input_folder_and_unset_variable_are_errors(nnunet_env, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no images found"):
+        up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
+    with pytest.raises(ValueError, match="plans 'nnUNetResEncUNetMPlans' not found for Dataset901_Toy"):
+        up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, plans_name="nnUNetResEncUNetMPlans")
+    monkeypatch.delenv("nnUNet_preprocessed")
+    with pytest.raises(ValueError, match="nnUNet_preprocessed is not set"):
         up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
 
 

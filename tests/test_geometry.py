@@ -1,0 +1,68 @@
+"""Crop geometry: exact overlap numbers worked out by hand, invariants and errors."""
+import numpy as np
+import pytest
+
+from nnunet_voco import geometry
+
+BOXES_221 = geometry.base_crop_offsets((4, 4, 4), (2, 2, 1))
+
+
+@pytest.mark.parametrize("offset, expected", [
+    ((0, 0, 0), [1.0, 0.0, 0.0, 0.0]),
+    ((1, 0, 0), [0.75, 0.0, 0.25, 0.0]),
+    ((2, 2, 0), [0.25, 0.25, 0.25, 0.25]),
+    ((4, 4, 0), [0.0, 0.0, 0.0, 1.0]),
+    ((0, 3, 0), [0.25, 0.75, 0.0, 0.0]),
+])
+def test_overlaps_worked_by_hand(offset, expected):
+    got = geometry.overlap_matrix(np.array([offset]), BOXES_221, (4, 4, 4))[0]
+    np.testing.assert_allclose(got, expected, atol=1e-7)
+
+
+def test_base_order_is_x_major():
+    offsets = geometry.base_crop_offsets((2, 3, 4), (2, 2, 2))
+    assert offsets.tolist() == [[0, 0, 0], [0, 0, 4], [0, 3, 0], [0, 3, 4], [2, 0, 0], [2, 0, 4], [2, 3, 0], [2, 3, 4]]
+
+
+@pytest.mark.parametrize("grid, crop", [((3, 3, 1), (8, 8, 8)), ((2, 2, 2), (4, 6, 8)), ((1, 3, 3), (5, 7, 9))])
+def test_rows_sum_to_one_inside_window(grid, crop):
+    rng = np.random.default_rng(0)
+    window = geometry.window_size(crop, grid)
+    targets = geometry.sample_target_offsets(window, crop, 200, rng)
+    y = geometry.overlap_matrix(targets, geometry.base_crop_offsets(crop, grid), crop)
+    assert y.shape == (200, int(np.prod(grid)))
+    np.testing.assert_allclose(y.sum(1), 1.0, atol=1e-6)
+    assert (targets >= 0).all() and (targets <= np.array(window) - np.array(crop)).all()
+
+
+def test_seeded_offsets_are_reproducible():
+    a = geometry.sample_target_offsets((12, 12, 4), (4, 4, 4), 5, np.random.default_rng(42))
+    b = geometry.sample_target_offsets((12, 12, 4), (4, 4, 4), 5, np.random.default_rng(42))
+    assert a.tolist() == b.tolist()
+    assert (a[:, 2] == 0).all()  # one grid cell along z: targets span it
+
+
+@pytest.mark.parametrize("spacing, grid", [
+    ((2.5, 0.8, 0.8), (1, 3, 3)), ((0.8, 0.8, 3.0), (3, 3, 1)), ((1.0, 1.0, 1.0), (1, 3, 3)), ((0.8, 2.0, 0.8), (3, 1, 3)),
+])
+def test_default_grid_splits_the_in_plane_axes(spacing, grid):
+    assert geometry.default_grid(spacing) == grid
+
+
+def test_indivisible_crop_names_the_axis():
+    with pytest.raises(ValueError, match=r"axis y .*multiple of 8"):
+        geometry.validate_crop_size((8, 20, 16), (4, 8, 8))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"crop_size": (8, 8), "grid": (1, 1, 1)}, "3 entries"),
+    ({"crop_size": (8, 8, 8), "grid": (1, 0, 1)}, "axis y"),
+])
+def test_bad_grid_or_crop(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        geometry.window_size(**kwargs)
+
+
+def test_crop_larger_than_window_is_refused():
+    with pytest.raises(ValueError, match="axis z"):
+        geometry.sample_target_offsets((8, 8, 4), (4, 4, 8), 1, np.random.default_rng(0))
