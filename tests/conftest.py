@@ -82,10 +82,15 @@ def nnunet_env(root: str) -> dict:
     return env
 
 
+def script(name: str) -> str:
+    """Path of a console script of the venv this test runs in (falls back to PATH)."""
+    exe = os.path.join(os.path.dirname(sys.executable), name)
+    return exe if os.path.exists(exe) else name
+
+
 def run(cmd: list[str], env: dict, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
     """Run a console script of the venv this test runs in."""
-    exe = os.path.join(os.path.dirname(sys.executable), cmd[0])
-    proc = subprocess.run([exe if os.path.exists(exe) else cmd[0]] + cmd[1:], env=env, capture_output=True,
+    proc = subprocess.run([script(cmd[0])] + cmd[1:], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -103,3 +108,14 @@ def planned_toy(tmp_path_factory):
     run(["nnUNetv2_plan_and_preprocess", "-d", str(TOY_ID), "-c", "3d_fullres", "-np", "1", "-npfp", "1",
          "-pl", "nnUNetPlannerResEncM"], env)
     return env
+
+
+PRETRAIN_FAST = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--num_workers", "1",
+                 "--log_every", "2"]
+
+
+@pytest.fixture(scope="session")
+def pretrained_toy(planned_toy):
+    """``voco_pretrain`` (default plans, 4 steps) on the toy dataset; returns (env, output folder)."""
+    run(["voco_pretrain", "-d", str(TOY_ID), "--num_steps", "4", "--save_every", "2"] + PRETRAIN_FAST, planned_toy)
+    return planned_toy, os.path.join(planned_toy["nnUNet_results"], TOY_NAME, "VoCo__nnUNetPlans__3d_fullres")

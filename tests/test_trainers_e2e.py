@@ -1,0 +1,113 @@
+"""nnUNetTrainerVoCo through the stock nnU-Net commands, with nnUNet_extTrainer not set by the user."""
+import os
+import shutil
+
+import pytest
+import torch
+
+from conftest import TOY_ID, TOY_NAME, run
+
+pytestmark = pytest.mark.slow
+TR = "nnUNetTrainerVoCo_smoke"
+
+
+def _trainer(env, monkeypatch, name=TR, fold=0):
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+    trainer = get_trainer_from_args(str(TOY_ID), "3d_fullres", fold, name, device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def trained(pretrained_toy):
+    env, voco_folder = pretrained_toy
+    assert "nnUNet_extTrainer" not in env
+    out = run(["nnUNetv2_train", str(TOY_ID), "3d_fullres", "0", "-tr", TR, "-device", "cpu"], env)
+    folder = os.path.join(env["nnUNet_results"], TOY_NAME, f"{TR}__nnUNetPlans__3d_fullres")
+    return env, voco_folder, folder, out
+
+
+def test_train_loads_all_encoder_tensors_loudly(trained):
+    env, voco_folder, folder, out = trained
+    log = open(next(os.path.join(folder, "fold_0", f) for f in os.listdir(os.path.join(folder, "fold_0"))
+                    if f.startswith("training_log"))).read()
+    line = next(l for l in log.splitlines() if "VoCo: loaded" in l)
+    n, m = line.split("VoCo: loaded ")[1].split(" ")[0].split("/")
+    assert n == m and int(n) > 0, line
+    assert os.path.join(voco_folder, "voco_encoder.pth") in line and "preset v2, 4 steps" in line
+    assert os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_final.pth"))
+    assert os.path.isfile(os.path.join(folder, "fold_0", "validation", "summary.json"))
+
+
+def test_predict_and_export_need_no_pretraining_files(trained, tmp_path):
+    env, voco_folder, folder, _ = trained
+    inp = tmp_path / "in"
+    inp.mkdir()
+    shutil.copy(os.path.join(env["nnUNet_raw"], TOY_NAME, "imagesTr", "toy_001_0000.nii.gz"), inp)
+    hidden = voco_folder + "_hidden"
+    os.rename(voco_folder, hidden)
+    try:
+        run(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "pred"), "-d", str(TOY_ID), "-c", "3d_fullres",
+             "-tr", TR, "-f", "0", "-device", "cpu", "--disable_tta"], env)
+        assert os.path.isfile(tmp_path / "pred" / "toy_001.nii.gz")
+        run(["nnUNetv2_find_best_configuration", str(TOY_ID), "-c", "3d_fullres", "-tr", TR, "-f", "0",
+             "--disable_ensembling", "-np", "1"], env)
+        run(["nnUNetv2_export_model_to_zip", "-d", str(TOY_ID), "-o", str(tmp_path / "model.zip"), "-c", "3d_fullres",
+             "-tr", TR, "-f", "0"], env)
+        fresh = dict(env, nnUNet_results=str(tmp_path / "fresh_results"))
+        os.makedirs(fresh["nnUNet_results"])
+        run(["nnUNetv2_install_pretrained_model_from_zip", str(tmp_path / "model.zip")], fresh)
+        run(["nnUNetv2_predict", "-i", str(inp), "-o", str(tmp_path / "pred2"), "-d", str(TOY_ID), "-c", "3d_fullres",
+             "-tr", TR, "-f", "0", "-device", "cpu", "--disable_tta"], fresh)
+        assert os.path.isfile(tmp_path / "pred2" / "toy_001.nii.gz")
+    finally:
+        os.rename(hidden, voco_folder)
+
+
+def test_encoder_equals_checkpoint_and_decoder_does_not(pretrained_toy, monkeypatch):
+    from nnunet_voco.checkpoint import load_encoder
+    from nnunet_voco.finetune import load_voco_weights
+
+    env, voco_folder = pretrained_toy
+    trainer = _trainer(env, monkeypatch, fold=2)
+    decoder_before = {k: v.clone() for k, v in trainer.network.decoder.state_dict().items() if "encoder." not in k}
+    report = load_voco_weights(trainer)
+    state, _ = load_encoder(os.path.join(voco_folder, "voco_encoder.pth"))
+    assert report.complete and len(report.loaded) == len(state)
+    for k, v in state.items():
+        torch.testing.assert_close(trainer.network.encoder.state_dict()[k], v)
+    pretrained_network = torch.load(os.path.join(voco_folder, "pretrained_network.pth"), weights_only=True)
+    differs = [k for k, v in trainer.network.decoder.state_dict().items()
+               if "encoder." not in k and not torch.equal(v, pretrained_network["network_weights"]["decoder." + k])]
+    assert differs  # the decoder is the trainer's own fresh initialisation
+    assert all(torch.equal(decoder_before[k], v) for k, v in trainer.network.decoder.state_dict().items()
+               if "encoder." not in k)
+
+
+def test_wrong_architecture_names_the_field(pretrained_toy, planned_toy, monkeypatch):
+    from nnunet_voco.finetune import load_voco_weights
+
+    env, _ = pretrained_toy
+    resenc = os.path.join(env["nnUNet_results"], TOY_NAME, "VoCo__nnUNetResEncUNetMPlans__3d_fullres",
+                          "voco_encoder.pth")
+    if not os.path.isfile(resenc):
+        run(["voco_pretrain", "-d", str(TOY_ID), "-p", "nnUNetResEncUNetMPlans", "--num_steps", "1", "-device", "cpu",
+             "--crop_size", "8", "16", "16", "--batch_size", "1", "--num_workers", "0"], env)
+    trainer = _trainer(env, monkeypatch, fold=3)
+    monkeypatch.setenv("nnUNet_voco_weights", resenc)
+    with pytest.raises(RuntimeError, match=r"architecture.network_class_name is .*ResidualEncoderUNet in the "
+                                           r"checkpoint but .*PlainConvUNet"):
+        load_voco_weights(trainer)
+
+
+def test_missing_weights_print_the_command(pretrained_toy, monkeypatch, tmp_path):
+    from nnunet_voco.finetune import load_voco_weights
+
+    env, _ = pretrained_toy
+    trainer = _trainer(env, monkeypatch, fold=4)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"run `voco_pretrain -d {TOY_ID} -c 3d_fullres`"):
+        load_voco_weights(trainer)
