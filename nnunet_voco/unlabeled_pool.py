@@ -99,7 +99,7 @@ class PoolReport:
         """Return the end-of-run text: counts, throughput, skipped files, output and next command."""
         rate = len(self.written) / max(self.seconds / 60.0, 1e-9)
         lines = [f"{len(self.written)} cases written, {len(self.skipped)} skipped, {len(self.already_present)} "
-                 f"already present ({rate:.1f} cases/min over {self.seconds / 60.0:.1f} min)"]
+                 f"already present ({rate:.1f} cases/min over {self.seconds:.0f} s)"]
         if self.skipped:
             lines.append("skipped:")
             lines += [f"  {s['file']}: {s['reason']}" for s in self.skipped]
@@ -444,7 +444,8 @@ def _open_pool(pool_folder: str, pool_name: str, target_name: str, plans: dict, 
     pool_plans = {**plans, "dataset_name": pool_name}
     plans_file = os.path.join(pool_folder, plans_name + ".json")
     if provenance is None:
-        if os.path.isdir(pool_folder) or (nnUNet_raw.is_set() and os.path.isdir(os.path.join(nnUNet_raw, pool_name))):
+        in_raw = nnUNet_raw.is_set() and os.path.isdir(os.path.join(nnUNet_raw, pool_name))
+        if os.path.isdir(pool_folder) or in_raw:
             raise ValueError(f"{pool_name} already exists and is not an unlabelled pool; choose another -o")
         now = datetime.datetime.now().isoformat(timespec="seconds")
         provenance = {"schema_version": SCHEMA_VERSION, "plans_source_dataset": target_name, "plans_name": plans_name,
@@ -452,13 +453,14 @@ def _open_pool(pool_folder: str, pool_name: str, target_name: str, plans: dict, 
                       "body_mask": BODY_MASK_RULE}
         os.makedirs(pool_folder)
         _write_json(plans_file, pool_plans)
-        _write_json(os.path.join(pool_folder, "dataset.json"), _pool_dataset_json(dataset_json, pool_name, target_name, 0))
+        _write_json(os.path.join(pool_folder, "dataset.json"),
+                    _pool_dataset_json(dataset_json, pool_name, target_name, 0))
         _write_json(os.path.join(pool_folder, PROVENANCE_FILE), provenance)
         return provenance
     built_from = (provenance["plans_source_dataset"], provenance["plans_name"], provenance["configuration"])
     if built_from != (target_name, plans_name, configuration):
-        raise ValueError(f"{pool_name} is a pool built from {' / '.join(built_from)}, not {target_name} / {plans_name} / "
-                         f"{configuration}; choose another -o")
+        raise ValueError(f"{pool_name} is a pool built from {' / '.join(built_from)}, not {target_name} / "
+                         f"{plans_name} / {configuration}; choose another -o")
     if not os.path.isfile(plans_file) or load_json(plans_file) != pool_plans:
         raise ValueError(f"{target_name}'s {plans_name} changed since {pool_name} was built; the existing cases no "
                          f"longer match, so choose another -o (or delete {pool_folder})")
@@ -515,8 +517,8 @@ def _group_to_case(case_id: str, members: list[tuple[int | None, str]], num_chan
         if [c for c, _ in numbered] == list(range(num_channels)):
             return InputCase(case_id, tuple(p for _, p in numbered), numbered[0][1], folder), skipped
         found = ", ".join(f"_{c:04d}" for c, _ in numbered)
-        reason = (f"wrong channel count: case {case_id!r} has channel files {found}, TARGET expects {num_channels} "
-                  f"(_0000 to _{num_channels - 1:04d})")
+        expected = "_0000" if num_channels == 1 else f"_0000 to _{num_channels - 1:04d}"
+        reason = f"wrong channel count: case {case_id!r} has channel files {found}, TARGET expects {expected}"
         return None, skipped + [{"file": p, "reason": reason} for _, p in numbered]
     if num_channels != 1:
         return None, skipped + [{"file": plain[0], "reason": f"no _0000 channel suffix, but TARGET has {num_channels} "

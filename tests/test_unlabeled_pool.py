@@ -173,8 +173,9 @@ def test_resume_rewrites_only_unfinished_cases(nnunet_env, inputs, tmp_path):
     (TARGET_ID, "Dataset901_Toy", "3d_fullres", "already exists and is not an unlabelled pool"),
     (TARGET_ID, 905, "3d_fullres", "already used by Dataset905_Other"),
     (999, 904, "3d_fullres", "TARGET dataset 999 not found"),
+    (TARGET_ID, 902, "2d", "is a pool built from Dataset901_Toy / nnUNetPlans / 3d_fullres, not"),
 ])
-def test_user_errors(nnunet_env, inputs, target, output, configuration, message):
+def test_user_errors(nnunet_env, inputs, pool, target, output, configuration, message):
     os.makedirs(os.path.join(nnunet_env["nnUNet_raw"], "Dataset905_Other"), exist_ok=True)
     with pytest.raises(ValueError, match=message):
         up.create_unlabeled_pool([inputs], target, output, configuration=configuration, progress=False)
