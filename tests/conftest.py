@@ -13,10 +13,6 @@ TOY_ID = 990
 TOY_NAME = f"Dataset{TOY_ID}_VoCoToy"
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end test through the real commands (skip with -m 'not slow')")
-
-
 def write_toy_raw(raw: str, n_cases: int = 5, shape=(24, 56, 56), spacing=(1.0, 1.0, 2.5), seed: int = 0) -> str:
     """Tiny CT-like raw dataset: body ellipse, a bright 'organ' labelled 1, plus nibabel's real anatomical.nii.
 
