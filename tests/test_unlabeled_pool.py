@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import script
 from nnunet_voco import unlabeled_pool as up
 
 TARGET_ID = 901
@@ -69,7 +70,7 @@ def nnunet_env(tmp_path_factory):
         json.dump({"channel_names": {"0": "CT"}, "labels": {"background": 0, "cube": 1}, "numTraining": 4,
                    "file_ending": ".nii.gz"}, f)
     env["full"] = {**os.environ, **env, "nnUNet_def_n_proc": "1"}
-    subprocess.run(["nnUNetv2_plan_and_preprocess", "-d", str(TARGET_ID), "-c", "3d_fullres", "-np", "1", "-npfp",
+    subprocess.run([script("nnUNetv2_plan_and_preprocess"), "-d", str(TARGET_ID), "-c", "3d_fullres", "-np", "1", "-npfp",
                     "1"], env=env["full"], check=True, capture_output=True)
     with pytest.MonkeyPatch.context() as mp:
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -232,7 +233,7 @@ def test_dead_worker_skips_only_its_case(tmp_path):
 
 @pytest.mark.slow
 def test_console_script(nnunet_env, inputs, tmp_path):
-    run = subprocess.run(["voco_preprocess_unlabeled", "-i", inputs, "-d", str(TARGET_ID), "-o", "906", "-np", "2"],
+    run = subprocess.run([script("voco_preprocess_unlabeled"), "-i", inputs, "-d", str(TARGET_ID), "-o", "906", "-np", "2"],
                          env=nnunet_env["full"], capture_output=True, text=True,
                          encoding="utf-8")
     assert run.returncode == 0, run.stderr
