@@ -6,6 +6,13 @@ is reproducible for a fixed worker count, and a resumed run continues with fresh
 replaying the first ones. Cases are drawn uniformly with replacement, which for self-supervised
 pre-training on thousands of cases is equivalent to shuffled epochs and needs no sampler state.
 
+Per volume a worker reads the window once (only that region of the memory-mapped case), and
+writes every crop once: straight from the window into its slot of the sample, flipped, rotated
+and intensity-augmented on the way (:func:`nnunet_voco.augment.transform_into`). The DataLoader's
+collation then stacks the volumes of a batch into shared memory, and on CUDA its pin-memory
+thread copies the batch into page-locked memory so that the loop's ``non_blocking`` copies overlap
+with compute.
+
 Workers use one thread each (torch and blosc2) so that they do not compete with the model.
 """
 from __future__ import annotations
@@ -14,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nnunet_voco.augment import AugmentConfig, augment_crops
-from nnunet_voco.sampling import WindowSampler
+from nnunet_voco.augment import AugmentConfig, draw_transforms, transform_into
+from nnunet_voco.sampling import WindowSampler, crop_views
 
 
 class VoCoStream(IterableDataset):
@@ -38,6 +45,33 @@ class VoCoStream(IterableDataset):
         self.augment = augment
         self.inplane_axes = inplane_axes
 
+    def generators(self, worker: int = 0) -> tuple[np.random.Generator, torch.Generator]:
+        """The window generator and the augmentation generator of one worker."""
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
+        return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+    def make_sample(self, rng: np.random.Generator, generator: torch.Generator) -> dict:
+        """One per-volume sample: the window is read once and every crop written once.
+
+        Returns:
+            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32 tensors)
+            and ``overlaps`` ``(S, K)``.
+        """
+        layout = self.sampler.layout
+        sample = self.sampler.sample_window(rng)
+        views = crop_views(sample["window"], layout, sample["target_offsets"])
+        k, channels = layout.num_bases, sample["window"].shape[0]
+        # numpy memory: freed buffers are reused by malloc, while every fresh torch CPU allocation of
+        # this size page-faults anew (measured: 3x the cost of filling it)
+        out = np.empty((len(views), channels) + tuple(layout.crop_size), dtype=np.float32)  # bases, then targets
+        transforms = None
+        if self.augment is not None:
+            a, b = (layout.crop_size[ax] for ax in self.inplane_axes)
+            transforms = draw_transforms(len(views), self.augment, generator, square=a == b)
+        transform_into(views, out, transforms, self.inplane_axes)
+        out = torch.from_numpy(out)
+        return {"bases": out[:k], "targets": out[k:], "overlaps": torch.from_numpy(sample["overlaps"])}
+
     def __iter__(self):
         info = get_worker_info()
         worker = info.id if info is not None else 0
@@ -49,20 +83,21 @@ class VoCoStream(IterableDataset):
                 blosc2.set_nthreads(1)
             except ImportError:
                 pass
-        rng = np.random.default_rng([self.seed, self.rank, worker, self.start_step])
-        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        rng, generator = self.generators(worker)
         while True:
-            sample = self.sampler.sample(rng)
-            bases = torch.from_numpy(sample["bases"])
-            targets = torch.from_numpy(sample["targets"])
-            if self.augment is not None:
-                bases = augment_crops(bases, self.augment, generator, self.inplane_axes)
-                targets = augment_crops(targets, self.augment, generator, self.inplane_axes)
-            yield {"bases": bases, "targets": targets, "overlaps": torch.from_numpy(sample["overlaps"])}
+            yield self.make_sample(rng, generator)
 
 
 def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
-    """DataLoader yielding batches ``bases (B, K, C, *crop)``, ``targets (B, S, C, *crop)``, ``overlaps (B, S, K)``."""
+    """DataLoader yielding batches ``bases (B, K, C, *crop)``, ``targets (B, S, C, *crop)``, ``overlaps (B, S, K)``.
+
+    Args:
+        stream: the per-volume stream.
+        batch_size: volumes per batch.
+        num_workers: background processes (0 loads in the calling process).
+        pin_memory: copy batches into page-locked memory (CUDA), so that ``non_blocking``
+            host-to-device copies are asynchronous.
+    """
     kwargs = {}
     if num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4)

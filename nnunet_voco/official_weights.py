@@ -5,6 +5,8 @@ Accepted files (VOCO_SPEC.md section 4.1; HF ``Luffy503/VoCo``):
       (``swinViT.*``, ``encoder1..4.*``, ``encoder10.*``).
     * VoComni ``VoComni_{B,L,H}.pt``: a full SwinUNETR-v2 (encoder, ``decoder1..5``, ``out`` with
       21 classes, 167 tensors); the 22 decoder/head tensors are skipped.
+    * Training files: ``module.backbone.*`` with ``student.*`` / ``teacher.*`` heads (v2) or
+      ``student.swinViT.*`` / ``teacher.*`` (v1); the student backbone is imported, the rest skipped.
 
 Key handling follows the official loaders (VOCO_SPEC.md section 4.2): the state dict may sit under
 ``state_dict`` / ``network_weights`` / ``net`` / ``student``; ``module.`` and ``backbone.``
@@ -39,6 +41,9 @@ from nnunet_voco.encoders.swin import (
 CONTAINER_KEYS = ("state_dict", "network_weights", "net", "student")
 STRIPPED_PREFIXES = ("module.", "backbone.")
 PATCH_EMBED_KEY = "swinViT.patch_embed.proj.weight"
+STUDENT_PREFIX = "student."
+# Top-level names of VoCo training files that are not part of SwinUNETR: skipped and counted.
+SSL_TRAINING_MODULES = ("student", "teacher")
 # Buffers MONAI recomputes from the window size; filled from the fresh model if a file lacks them.
 DERIVED_BUFFER_SUFFIX = "relative_position_index"
 
@@ -56,7 +61,8 @@ class ImportReport:
     def summary(self) -> str:
         """One line: imported and skipped tensor counts."""
         n_skipped = sum(self.skipped.values())
-        line = f"imported {len(self.encoder)} encoder tensors, skipped {n_skipped} decoder/head tensors"
+        label = "decoder/head" if set(self.skipped) <= set(SWIN_DECODER_MODULES) else "decoder/head/SSL-training"
+        line = f"imported {len(self.encoder)} encoder tensors, skipped {n_skipped} {label} tensors"
         if self.skipped:
             line += f" ({', '.join(f'{k} {v}' for k, v in sorted(self.skipped.items()))})"
         if self.filled:
@@ -100,7 +106,7 @@ def split_state(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -> 
     """
     encoder = {k: v for k, v in state.items() if k.startswith(tuple(SWIN_ENCODER_PREFIXES))}
     skipped = Counter(k.split(".")[0] for k in state if k not in encoder)
-    unknown = sorted(set(skipped) - set(SWIN_DECODER_MODULES))
+    unknown = sorted(set(skipped) - set(SWIN_DECODER_MODULES) - set(SSL_TRAINING_MODULES))
     if unknown:
         raise ValueError(f"{path} holds tensors outside SwinUNETR ({', '.join(unknown[:5])}); "
                          f"expected an SSL head or a full SwinUNETR-v2 file")
@@ -125,6 +131,9 @@ def convert_official(path: str, in_channels: int | None = None, feature_size: in
     """
     raw = load_file(path)
     state = {normalise_key(k): v for k, v in _unwrap_state(raw, path).items()}
+    if PATCH_EMBED_KEY not in state and STUDENT_PREFIX + PATCH_EMBED_KEY in state:
+        # v1 training file: student.swinViT... / teacher.swinViT...: the student is the encoder
+        state = {k[len(STUDENT_PREFIX):] if k.startswith(STUDENT_PREFIX) else k: v for k, v in state.items()}
     if PATCH_EMBED_KEY not in state:
         raise ValueError(f"{path} is not a VoCo Swin checkpoint: no {PATCH_EMBED_KEY} among {len(state)} tensors")
     weight = state[PATCH_EMBED_KEY]

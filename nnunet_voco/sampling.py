@@ -103,17 +103,32 @@ def read_window(data, origin: np.ndarray, window: Sequence[int]) -> np.ndarray:
     return out
 
 
+def crop_views(window_array: np.ndarray, layout: CropLayout, target_offsets: np.ndarray) -> list[np.ndarray]:
+    """Views (no copies) of the base crops (x-major order) followed by the target crops.
+
+    Returns:
+        ``K + S`` arrays ``(C, *crop)`` that share memory with ``window_array``.
+    """
+    (cx, cy, cz) = layout.crop_size
+    corners = np.concatenate([geometry.base_crop_offsets(layout.crop_size, layout.grid),
+                              np.asarray(target_offsets, dtype=np.int64).reshape(-1, 3)])
+    return [window_array[:, x:x + cx, y:y + cy, z:z + cz] for x, y, z in corners]
+
+
 def cut_crops(window_array: np.ndarray, layout: CropLayout, target_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split a window into base crops (x-major order) and cut the target crops.
+
+    Every crop is copied once, straight from the window.
 
     Returns:
         ``bases`` ``(K, C, *crop)`` and ``targets`` ``(S, C, *crop)``, float32, contiguous.
     """
-    c = window_array.shape[0]
-    (gx, gy, gz), (cx, cy, cz) = layout.grid, layout.crop_size
-    bases = window_array.reshape(c, gx, cx, gy, cy, gz, cz).transpose(1, 3, 5, 0, 2, 4, 6)
-    bases = np.ascontiguousarray(bases).reshape(gx * gy * gz, c, cx, cy, cz)
-    targets = np.stack([window_array[:, x:x + cx, y:y + cy, z:z + cz] for x, y, z in target_offsets])
+    views = crop_views(window_array, layout, target_offsets)
+    k, c = layout.num_bases, window_array.shape[0]
+    bases = np.empty((k, c) + tuple(layout.crop_size), dtype=np.float32)
+    targets = np.empty((len(views) - k, c) + tuple(layout.crop_size), dtype=np.float32)
+    for i, view in enumerate(views):
+        np.copyto(bases[i] if i < k else targets[i - k], view)
     return bases, targets
 
 
@@ -143,11 +158,13 @@ class WindowSampler:
             self._datasets[index] = self.sources[index].open()
         return self._datasets[index]
 
-    def sample(self, rng: np.random.Generator) -> dict:
-        """One VoCo sample from a uniformly drawn case.
+    def sample_window(self, rng: np.random.Generator) -> dict:
+        """Read one window of a uniformly drawn case and place the target crops in it.
+
+        Only the window is read from the memory-mapped case (never the whole case).
 
         Returns:
-            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32),
+            dict with ``window`` ``(C, *window)`` float32, ``target_offsets`` ``(S, 3)``,
             ``overlaps`` ``(S, K)`` (float32, rows sum to 1) and ``case`` (str).
         """
         source_index, identifier = self.cases[rng.integers(len(self.cases))]
@@ -156,7 +173,17 @@ class WindowSampler:
         origin = window_origin(data.shape[1:], window, properties, self.foreground_probability, rng)
         window_array = read_window(data, origin, window)
         target_offsets = geometry.sample_target_offsets(window, self.layout.crop_size, self.layout.num_targets, rng)
-        bases, targets = cut_crops(window_array, self.layout, target_offsets)
         overlaps = geometry.overlap_matrix(target_offsets, self.base_offsets, self.layout.crop_size)
-        return {"bases": bases, "targets": targets, "overlaps": overlaps,
+        return {"window": window_array, "target_offsets": target_offsets, "overlaps": overlaps,
                 "case": f"{self.sources[source_index].name}/{identifier}"}
+
+    def sample(self, rng: np.random.Generator) -> dict:
+        """One VoCo sample from a uniformly drawn case.
+
+        Returns:
+            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32),
+            ``overlaps`` ``(S, K)`` (float32, rows sum to 1) and ``case`` (str).
+        """
+        sample = self.sample_window(rng)
+        bases, targets = cut_crops(sample["window"], self.layout, sample["target_offsets"])
+        return {"bases": bases, "targets": targets, "overlaps": sample["overlaps"], "case": sample["case"]}

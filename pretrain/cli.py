@@ -107,15 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     ensure_startup_hook()
-    from nnunet_voco.pretrain.loop import Interrupted, run_pretraining
+    from nnunet_voco.pretrain.loop import Interrupted, TrainingAborted, run_pretraining
 
     try:
         run_pretraining(config_from_args(args))
     except (UserInputError, ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"voco_pretrain: error: {e}", file=sys.stderr)
         return 2
-    except Interrupted as e:
+    except TrainingAborted as e:
+        print(f"voco_pretrain: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:  # preempted: the state was saved; 128 + signal, as a shell reports a kill
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the training loop took over the signal
+        print("voco_pretrain: interrupted before the first step; nothing to save", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -20,6 +20,7 @@ class RunContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    control_group: object = None  # gloo group for host-side flags when the main backend is nccl
 
     @property
     def is_main(self) -> bool:
@@ -33,8 +34,24 @@ class RunContext:
         if self.distributed:
             dist.barrier()
 
-    def close(self) -> None:
-        if self.distributed and dist.is_initialized():
+    def any_rank(self, *flags: bool) -> list[bool]:
+        """Element-wise OR of ``flags`` over all ranks, so that every rank takes the same branch.
+
+        One small all-reduce of a CPU tensor per call under DDP, over gloo, so it never waits for the
+        GPU (a signal may reach the ranks a step apart, and a rank that leaves the loop alone would
+        wait forever in a collective); a no-op otherwise.
+        """
+        if not self.distributed:
+            return [bool(f) for f in flags]
+        values = torch.tensor([int(bool(f)) for f in flags])
+        dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self.control_group)
+        return [bool(v) for v in values.tolist()]
+
+    def close(self, clean: bool = True) -> None:
+        """End the process group. ``clean=False`` (an error on this rank): no barrier and no destroy,
+        because the other ranks may sit in a collective this rank never joins; exiting closes the
+        connections, which ends their collective with an error (and torchrun stops them)."""
+        if clean and self.distributed and dist.is_initialized():
             # A barrier before destroy_process_group: without it one gloo rank aborted at exit
             # ("terminate called without an active exception") in one of two runs (DESIGN.md 7).
             dist.barrier()
@@ -65,7 +82,8 @@ def init_context(device_name: str | None) -> RunContext:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return RunContext(device, rank, world_size, local_rank)
+    control = dist.new_group(backend="gloo") if device.type == "cuda" else None
+    return RunContext(device, rank, world_size, local_rank, control)
 
 
 def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:

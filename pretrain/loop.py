@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
+import signal
 import sys
 import time
 
@@ -40,6 +42,49 @@ class Interrupted(Exception):
     def __init__(self, exit_code: int):
         super().__init__(f"interrupted (exit code {exit_code})")
         self.exit_code = exit_code
+
+
+class TrainingAborted(RuntimeError):
+    """Training cannot go on (``--max_nonfinite`` non-finite losses in a row); saved states are kept."""
+
+
+def account_nonfinite(flags: list[bool], step: int, streak: int, config, log, latest: str) -> int:
+    """Warn about the skipped (non-finite) updates among the steps ending at ``step``; returns the
+    current run of consecutive non-finite steps.
+
+    Raises:
+        TrainingAborted: ``config.max_nonfinite`` consecutive steps were non-finite.
+    """
+    bad = [step - len(flags) + 1 + i for i, ok in enumerate(flags) if not ok]
+    worst = 0
+    for ok in flags:
+        streak = 0 if ok else streak + 1
+        worst = max(worst, streak)
+    if bad:
+        log(f"VoCo: warning: non-finite loss at step {', '.join(map(str, bad))} (input or model produced NaN/Inf); "
+            f"update skipped ({worst}/{config.max_nonfinite} in a row)")
+    if worst >= config.max_nonfinite:
+        saved = f"last good state: {latest}" if os.path.isfile(latest) else "no state was saved"
+        raise TrainingAborted(f"{worst} consecutive non-finite losses up to step {bad[-1]}; check the data for NaN/Inf "
+                              f"voxels or lower --lr ({saved})")
+    return streak
+
+
+def warn_small_cases(sources, crop_size, log, limit: int = 256) -> None:
+    """Log once per run how many cases are smaller than a crop on some axis (they are padded).
+
+    Reads only array headers through nnU-Net's dataset classes; for large pools an evenly spaced
+    subset of ``limit`` cases is checked.
+    """
+    cases = [(s, ident) for s in sources for ident in s.identifiers]
+    checked = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(limit, len(cases))).astype(int))]
+    datasets = {id(s): s.open() for s in sources}
+    small = [(f"{s.name}/{ident}", tuple(datasets[id(s)].load_case(ident)[0].shape[1:])) for s, ident in checked]
+    small = [(name, shape) for name, shape in small if any(a < c for a, c in zip(shape, crop_size))]
+    if small:
+        log(f"VoCo: warning: {len(small)} of {len(checked)} checked cases are smaller than the crop {tuple(crop_size)} "
+            f"on some axis and get padded with their minimum (first: {small[0][0]} {small[0][1]}); pass a smaller "
+            f"--crop_size if that is much of the data")
 
 
 def resolve_layout(config, configuration_manager, divisor, log) -> CropLayout:
@@ -76,19 +121,27 @@ def resolve_batch_size(config, configuration_manager, layout: CropLayout) -> int
 
 
 def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment, generator, inplane) -> dict:
-    """Forward, backward, clip and optimiser step; returns detached losses (skips non-finite steps)."""
+    """Forward, backward, clip and optimiser step; returns detached losses, with no host sync.
+
+    A non-finite loss or gradient norm skips the update on the device: the loss is folded into the
+    gradients (a NaN backward seed), so the clipped norm (identical on every DDP rank) decides, and
+    the optimiser is told through ``found_inf`` as GradScaler does (fused AdamW then leaves weights,
+    moments and step count untouched). ``stats["finite"]`` is a 0-d bool tensor on the device: read
+    it only every few steps. Optimisers without ``found_inf`` support fall back to one sync.
+    """
     targets = batch["targets"].to(ctx.device, non_blocking=True)
     bases = batch["bases"].to(ctx.device, non_blocking=True)
     overlaps = batch["overlaps"].to(ctx.device, non_blocking=True)
-    if augment is not None:  # on the accelerator: one batched op per transform
+    if augment is not None:  # on the accelerator: one gather/scatter per spatial transform
         targets = augment_crops(targets.flatten(0, 1), augment, generator, inplane).view_as(targets)
         bases = augment_crops(bases.flatten(0, 1), augment, generator, inplane).view_as(bases)
-    if config.channels_last:
-        targets, bases = (t.contiguous(memory_format=torch.channels_last_3d) for t in (targets, bases))
+    if config.channels_last:  # (B, n, C, X, Y, Z): each crop channels-last (the format needs rank 5)
+        targets, bases = (t.flatten(0, 1).contiguous(memory_format=torch.channels_last_3d).unflatten(0, t.shape[:2])
+                          for t in (targets, bases))
     optimizer.zero_grad(set_to_none=True)
     with autocast(ctx.device, amp_dtype):
         out = model(targets, bases, overlaps)
-    loss = out["loss"]
+    loss = out["loss"] * torch.where(torch.isfinite(out["loss"].detach()), 1.0, float("nan"))
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -96,15 +149,18 @@ def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment,
         loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else float("inf"))
-    # The one host sync of a step: skipping a non-finite update needs the flag on the host.
-    finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-    if finite:
-        if scaler is not None:
-            scaler.step(optimizer)
-        else:
-            optimizer.step()
+    finite = torch.isfinite(norm)
     if scaler is not None:
+        scaler.step(optimizer)  # skips on its own: the unscaled gradients hold the NaN
         scaler.update()
+    elif getattr(optimizer, "_step_supports_amp_scaling", False) and all(g.get("fused") for g in optimizer.param_groups):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):  # host sync: only for optimisers that cannot skip on the device
+        optimizer.step()
     stats = {k: v.detach() for k, v in out.items()}
     stats["finite"] = finite
     return stats
@@ -125,6 +181,7 @@ def run_pretraining(config) -> str:
     resume_from = outputs.prepare_output_folder(folder, config)  # raises before anything is written
     if ctx.is_main:
         os.makedirs(folder, exist_ok=True)
+        outputs.remove_stale_temp_files(folder)  # left by a process killed while saving
     ctx.barrier()
     log = outputs.RunLog(folder, enabled=ctx.is_main)
     resolve_layout(config, first.configuration_manager, bundle.divisor, log)
@@ -137,15 +194,20 @@ def run_pretraining(config) -> str:
     model = VoCoModel(bundle, preset, loss, config.head_dim, dropout, config.row_dropout).to(ctx.device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
+    if ctx.distributed and ctx.device.type == "cuda":  # before the optimizer sees the parameters;
+        # SyncBatchNorm needs GPU tensors (DDP refuses it on CPU), so gloo ranks keep per-rank statistics
+        model.projector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
     amp_dtype = autocast_dtype(config.precision, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     step = outputs.load_state(resume_from, model, optimizer, scaler, config) if resume_from else 0
-    history = log.truncate_metrics(step) if resume_from else []
+    if resume_from and ctx.distributed:  # the state holds rank 0's RNG: give every rank its own stream again
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, ctx.rank, step]).generate_state(1)[0]))
+    history = log.truncate_metrics(step)  # also drops rows of a run that died before its first checkpoint
     train_model = model
     if ctx.distributed:
-        model.projector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
         ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if config.compile:
@@ -175,6 +237,10 @@ def run_pretraining(config) -> str:
         f"device {ctx.device}, precision {amp_dtype or 'fp32'}, {num_workers} data workers, output {folder}")
     if resume_from:
         log(f"VoCo: continuing from {resume_from} at step {step}")
+    elif config.continue_training:
+        log(f"VoCo: warning: --c given but {folder} holds no checkpoint yet; starting a new run")
+    if ctx.is_main:
+        warn_small_cases(sources, layout.crop_size, log)
 
     # ============ training loop ============
     meta_fn = lambda s: outputs.encoder_meta(bundle.meta, sources, config, layout, s)  # noqa: E731
@@ -184,40 +250,43 @@ def run_pretraining(config) -> str:
     bar = tqdm(total=config.num_steps, initial=step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
                mininterval=1.0, file=sys.stdout)
     data_iter = iter(loader)
+    stopping, clean = False, False
     try:
-        while step < config.num_steps and stop.signal is None:
+        while step < config.num_steps and not stopping:
             t0 = time.perf_counter()
-            batch = next(data_iter)
+            try:
+                batch = next(data_iter)
+            except Exception:
+                if stop.signal is None:
+                    raise
+                break  # Ctrl-C reaches the whole process group, data workers included
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, config.lr, warmup, config.num_steps, config.min_lr)
             stats = train_step(train_model, batch, optimizer, scaler, ctx, amp_dtype, config,
                                augment if on_device_aug else None, generator, inplane)
-            if not stats["finite"]:
-                bad_streak += 1
-                log(f"VoCo: warning: non-finite loss at step {step} (input or model produced NaN/Inf); step skipped "
-                    f"({bad_streak}/{config.max_nonfinite} in a row)")
-                if bad_streak >= config.max_nonfinite:
-                    raise RuntimeError(f"{bad_streak} consecutive non-finite losses at step {step}; check the data "
-                                       f"for NaN/Inf voxels or lower --lr (last good state: {outputs.LATEST})")
-                continue
-            bad_streak = 0
+            # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
             model.update_teacher(momentum_at(step, config.num_steps, config.ema_momentum, config.ema_momentum_final))
             step += 1
             timings["data"] += t1 - t0
             timings["step"] += time.perf_counter() - t1
-            window.append({k: stats[k] for k in LOGGED if k in stats})
+            window.append({k: stats[k] for k in LOGGED + ("finite",) if k in stats})
             bar.update(1)
-            if step % config.log_every == 0 or step == config.num_steps:
-                row = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                       **{k: float(torch.stack([w[k] for w in window]).mean()) for k in window[0]},
-                       "data_wait_share": timings["data"] / max(timings["data"] + timings["step"], 1e-9)}
+            (stopping,) = ctx.any_rank(stop.signal is not None)  # every rank stops after the same step
+            if step % config.log_every == 0 or step == config.num_steps:  # host sync: read the flags and losses
+                good = [w for w in window if bool(w["finite"])]
+                bad_streak = account_nonfinite([bool(w["finite"]) for w in window], step, bad_streak, config, log,
+                                               os.path.join(folder, outputs.LATEST))
                 window = []
-                history.append(row)
-                log.metrics(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
-                log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter", "lr")
-                                                 if k in row), also_print=False)
+                if good:
+                    row = {"step": step, "lr": optimizer.param_groups[0]["lr"],
+                           **{k: float(torch.stack([w[k] for w in good]).mean()) for k in good[0] if k != "finite"},
+                           "data_wait_share": timings["data"] / max(timings["data"] + timings["step"], 1e-9)}
+                    history.append(row)
+                    log.metrics(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
+                    log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter",
+                                                                                     "lr") if k in row), also_print=False)
             if step % config.save_every == 0 and step < config.num_steps:
                 if ctx.is_main:
                     outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config,
@@ -225,15 +294,17 @@ def run_pretraining(config) -> str:
                     plot_progress(history, os.path.join(folder, "progress.png"))
         bar.close()
         # ============ stop, or export ============
-        if stop.signal is not None:
+        if stopping or stop.signal is not None:
             if ctx.is_main:
                 outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config,
                                    meta_fn(step))
-            argv = [a for a in sys.argv[1:]] if sys.argv else []
-            hint = "voco_pretrain " + " ".join(argv + ([] if "--c" in argv else ["--c"]))
-            log(f"VoCo: interrupted by signal {stop.signal} at step {step}; state saved to "
+            argv = sys.argv[1:] if sys.argv else []
+            hint = "voco_pretrain " + shlex.join(argv + ([] if "--c" in argv else ["--c"]))
+            signum = stop.signal or signal.SIGTERM  # a rank stopped by another rank's signal
+            log(f"VoCo: interrupted by signal {signum} at step {step}; state saved to "
                 f"{os.path.join(folder, outputs.LATEST)}. Resume with: {hint}")
-            raise Interrupted(stop.exit_code)
+            clean = True
+            raise Interrupted(128 + int(signum))
         if ctx.is_main:
             meta = meta_fn(step)
             outputs.save_state(os.path.join(folder, outputs.FINAL), step, model, optimizer, scaler, config, meta)
@@ -243,8 +314,8 @@ def run_pretraining(config) -> str:
             total = timings["data"] + timings["step"]
             log(f"VoCo: finished {step} steps; data wait {100 * timings['data'] / max(total, 1e-9):.1f}% of the "
                 f"loop time; wrote {', '.join(os.path.basename(w) for w in written)} to {folder}")
+        clean = True
         return folder
     finally:
         stop.restore()
-        ctx.barrier()
-        ctx.close()
+        ctx.close(clean)  # after an error on this rank: no barrier, the others may never reach it

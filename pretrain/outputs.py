@@ -10,12 +10,15 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import sys
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from nnunet_voco import __version__
-from nnunet_voco.checkpoint import STATE_FORMAT, SCHEMA_VERSION, check_schema, load_file, save_atomic, save_encoder
+from nnunet_voco.checkpoint import STATE_FORMAT, SCHEMA_VERSION, CheckpointError, check_schema, load_file, save_atomic
+from nnunet_voco.checkpoint import save_encoder
 from nnunet_voco.checkpoint import to_plain, transfer_encoder
 from nnunet_voco.nnunet import UserInputError
 
@@ -25,9 +28,12 @@ LATEST, FINAL = "checkpoint_latest.pth", "checkpoint_final.pth"
 def prepare_output_folder(folder: str, config) -> str | None:
     """Check ``folder`` against this run; returns the checkpoint to resume from (or None).
 
+    ``--c`` without a checkpoint starts a new run (as nnU-Net's ``--c`` does), so one resume command
+    works whenever a job is killed, also before its first checkpoint; the loop logs a warning.
+
     Raises:
         UserInputError: the folder holds a run of another configuration (without ``--overwrite``),
-            holds a run but neither ``--c`` nor ``--overwrite`` was given, or ``--c`` finds nothing.
+            or holds a run but neither ``--c`` nor ``--overwrite`` was given.
     """
     cfg_file = os.path.join(folder, "config.json")
     checkpoint = next((os.path.join(folder, f) for f in (LATEST, FINAL) if os.path.isfile(os.path.join(folder, f))), None)
@@ -41,13 +47,20 @@ def prepare_output_folder(folder: str, config) -> str | None:
                     f"-o to use another folder, or --overwrite to replace that run"
                 )
     if config.continue_training:
-        if checkpoint is None:
-            raise UserInputError(f"--c given but {folder} has no {LATEST} or {FINAL}; drop --c to start a new run")
         return checkpoint
     if checkpoint is not None and not config.overwrite:
         raise UserInputError(f"{folder} already holds a run ({os.path.basename(checkpoint)}); pass --c to continue "
                              f"it or --overwrite to start over")
     return None
+
+
+def remove_stale_temp_files(folder: str) -> list[str]:
+    """Delete temporary files that a killed save left behind (``<file>.<random>.tmp``, ``<file>.tmp``)."""
+    ours = (LATEST, FINAL, "voco_encoder.pth", "pretrained_network.pth", "config.json", "metrics.jsonl")
+    stale = [f for f in os.listdir(folder) if f.endswith(".tmp") and f.startswith(tuple(n + "." for n in ours))]
+    for name in stale:
+        os.remove(os.path.join(folder, name))
+    return stale
 
 
 def write_config(folder: str, config, extra: dict) -> None:
@@ -74,7 +87,8 @@ class RunLog:
         with open(self.text_file, "a") as f:
             f.write(f"{datetime.datetime.now()}: {line}\n")
         if also_print:
-            print(line, flush=True)
+            tqdm.write(line, file=sys.stdout)  # on a line of its own, not glued to the progress bar
+            sys.stdout.flush()
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
@@ -110,31 +124,47 @@ def _rng_state(data_rng: np.random.Generator | None = None) -> dict:
 
 
 def save_state(path: str, step: int, model, optimizer, scaler, config, meta: dict) -> None:
-    """Full resumable state (atomic)."""
-    save_atomic({
-        "format": STATE_FORMAT, "schema_version": SCHEMA_VERSION, "step": int(step),
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "rng": _rng_state(), "config": config.to_dict(), "identity": config.identity(), "meta": to_plain(meta),
-    }, path)
+    """Full resumable state (atomic).
+
+    Raises:
+        CheckpointError: the file could not be written (disk full, quota, permissions); the previous
+            file at ``path`` is intact and no temporary file is left.
+    """
+    try:
+        save_atomic({
+            "format": STATE_FORMAT, "schema_version": SCHEMA_VERSION, "step": int(step),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "rng": _rng_state(), "config": config.to_dict(), "identity": config.identity(), "meta": to_plain(meta),
+        }, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path} at step {step} ({e.strerror or e}); the previous file is intact; "
+                              f"free space on that disk (or pass -o elsewhere) and resume with --c") from None
 
 
 def load_state(path: str, model, optimizer, scaler, config) -> int:
     """Restore a state written by :func:`save_state`; returns the step to continue from."""
     state = load_file(path)
     check_schema(state, path, STATE_FORMAT)
+    identity = state.get("identity") or {}
     for key, value in config.identity().items():
-        if state["identity"].get(key) != value:
-            raise UserInputError(f"{path} was trained with {key}={state['identity'].get(key)} but this run has "
+        if identity.get(key) != value:
+            raise UserInputError(f"{path} was trained with {key}={identity.get(key)} but this run has "
                                  f"{key}={value}; resume with the original settings or start a new run with -o")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if "cuda" in state["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return int(state["step"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return int(state["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        first = " ".join(line.strip() for line in str(e).strip().splitlines())[:240] or type(e).__name__
+        raise CheckpointError(f"{path} does not fit this model and optimiser ({type(e).__name__}: {first}); it was "
+                              f"written for another architecture or by another nnunet-voco; start a new run with -o "
+                              f"or --overwrite") from None
 
 
 def encoder_meta(bundle_meta: dict, sources, config, layout, steps: int) -> dict:

@@ -50,6 +50,8 @@ def _variant(state, kind):
         return {"net": {"module.backbone." + k: v for k, v in enc.items()}, "epoch": 3}
     if kind == "swin_vit":
         return {"student": {k.replace("swinViT.", "swin_vit."): v for k, v in enc.items()}}
+    if kind == "v1_training":
+        return {**{"student." + k: v for k, v in enc.items()}, **{"teacher." + k: v for k, v in enc.items()}}
     if kind == "vocomni":
         return {"network_weights": dict(state)}
     raise ValueError(kind)
@@ -109,12 +111,12 @@ def test_normalise_key():
 
 
 @pytest.mark.parametrize("kind, n_skipped", [("head", 0), ("module", 0), ("backbone", 0), ("swin_vit", 0),
-                                             ("vocomni", N_DECODER)])
+                                             ("v1_training", N_ENCODER), ("vocomni", N_DECODER)])
 def test_import_and_transfer_exact_counts(tmp_path, official_state, kind, n_skipped, capsys):
     src, out = str(tmp_path / "official.pt"), str(tmp_path / "voco_encoder.pth")
     torch.save(_variant(official_state, kind), src)
     assert import_main([src, "-o", out]) == 0
-    assert f"imported {N_ENCODER} encoder tensors, skipped {n_skipped} decoder/head tensors" in capsys.readouterr().out
+    assert f"imported {N_ENCODER} encoder tensors, skipped {n_skipped} " in capsys.readouterr().out
     state, meta = load_encoder(out)
     assert meta["preset"] == "official" and meta["plans_name"] is None and meta["steps"] is None
     net = build_swin_network(1, 3, F)
@@ -169,3 +171,46 @@ def test_bad_files_exit_2_with_one_line(tmp_path, capsys, content):
     assert not os.path.exists(tmp_path / "out.pth")
     if content == "pickle":
         assert "weights_only" in err
+
+
+def test_trainer_builds_network_from_configuration():
+    from types import SimpleNamespace
+
+    from nnunet_voco.trainers.swin_trainers import FEATURE_SIZE_KEY, nnUNetTrainerVoCoSwin
+
+    cm = SimpleNamespace(configuration={FEATURE_SIZE_KEY: F})
+    net = nnUNetTrainerVoCoSwin.build_network_architecture(None, cm, 2, 4, False)
+    assert net.swin.swinViT.patch_embed.proj.weight.shape == (F, 2, 2, 2, 2)
+    assert net.swin.out.conv.conv.weight.shape[0] == 4 and net.decoder.deep_supervision is False
+
+
+@pytest.mark.slow
+def test_swin_end_to_end(planned_toy, tmp_path):
+    """plan -> voco_pretrain --encoder swin_b (F=12) -> nnUNetv2_train (Swin smoke) -> nnUNetv2_predict."""
+    import json
+
+    import SimpleITK as sitk
+    from conftest import TOY_ID, TOY_NAME, run
+
+    env = dict(planned_toy)
+    pre = str(tmp_path / "pre")
+    run(["voco_pretrain", "-d", str(TOY_ID), "--encoder", "swin_b", "--swin_feature_size", str(F), "-device", "cpu",
+         "--num_steps", "1", "--batch_size", "1", "--grid", "1", "2", "2", "--num_targets", "1", "--num_workers", "0",
+         "--precision", "fp32", "-o", pre], env)
+    env["nnUNet_voco_weights"] = os.path.join(pre, "voco_encoder.pth")
+    trainer = "nnUNetTrainerVoCoSwin_smoke"
+    proc = run(["nnUNetv2_train", str(TOY_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env)
+    assert f"VoCo: loaded {N_ENCODER}/{N_ENCODER} encoder tensors" in proc.stdout
+    out = os.path.join(env["nnUNet_results"], TOY_NAME, f"{trainer}__nnUNetPlans__3d_fullres")
+    assert os.path.isfile(os.path.join(out, "fold_0", "checkpoint_final.pth"))
+    with open(os.path.join(out, "plans.json")) as f:
+        config = json.load(f)["configurations"]["3d_fullres"]
+    assert all(s % 32 == 0 for s in config["patch_size"]) and config["voco_swin_feature_size"] == F
+    # prediction: the sliding window uses the copied plans' patch (the network rejects any other size)
+    src, pin, pout = os.path.join(env["nnUNet_raw"], TOY_NAME, "imagesTr"), tmp_path / "pin", tmp_path / "pout"
+    pin.mkdir()
+    os.symlink(os.path.join(src, "toy_000_0000.nii.gz"), pin / "toy_000_0000.nii.gz")
+    run(["nnUNetv2_predict", "-i", str(pin), "-o", str(pout), "-d", str(TOY_ID), "-c", "3d_fullres", "-tr", trainer,
+         "-f", "0", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    seg = sitk.ReadImage(str(pout / "toy_000.nii.gz"))
+    assert seg.GetSize() == sitk.ReadImage(os.path.join(src, "toy_000_0000.nii.gz")).GetSize()

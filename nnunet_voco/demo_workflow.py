@@ -1,0 +1,166 @@
+"""Runs ``voco_demo``: the stages of :mod:`nnunet_voco.demo_stages` in order, re-entrantly, then the report.
+
+Each stage prints a banner and the command a user would type, then streams the command's output (also
+kept in ``<work>/<preset>/logs/<stage>.log``). A stage whose outputs exist is reused, with "reusing"
+in the banner; ``<work>/<preset>/demo_state.json`` keeps the wall and CPU time of the run that made
+them, so the table of a second call still shows what each stage cost.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from nnunet_voco.demo_stages import PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
+
+
+def _executable(name: str) -> str:
+    """The console script of this interpreter's environment (the venv need not be activated)."""
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    return path if os.path.isfile(path) else name
+
+
+def stream_command(command: list[str], env: dict, log_path: str) -> int:
+    """Runs ``command``, copying its output live to stdout and to ``log_path``.
+
+    Args:
+        command: The command line; its first item is looked up next to the running interpreter.
+        env: Environment of the subprocess.
+        log_path: File that receives the full output (appended).
+
+    Returns:
+        The exit code of the command.
+    """
+    out = getattr(sys.stdout, "buffer", None)
+    with open(log_path, "ab") as log, subprocess.Popen([_executable(command[0]), *command[1:]], env=env,
+                                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        for chunk in iter(lambda: proc.stdout.read1(1 << 16), b""):
+            log.write(chunk)
+            if out is not None:  # raw bytes keep tqdm's carriage returns: one live progress line
+                out.write(chunk)
+                out.flush()
+            else:
+                print(chunk.decode(errors="replace"), end="", flush=True)
+        return proc.wait()
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (stages may run in either)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _run_one(stage: Stage, fresh: bool, env: dict, log_path: str) -> None:
+    if stage.command is None:
+        print(f"$ python -c 'from nnunet_voco.phantom import *; {stage.action()}'", flush=True)
+        return
+    command = stage.command(fresh)
+    print("$ " + shlex.join(command), flush=True)
+    code = stream_command(command, env, log_path)
+    if code != 0:
+        raise RuntimeError(f"stage {stage.key} failed with exit code {code}: {shlex.join(command)}; the full output "
+                           f"is in {log_path}. Fix the cause and run voco_demo again: finished stages are reused")
+    if not stage.is_done():
+        raise RuntimeError(f"stage {stage.key} exited 0 but its outputs are missing; see {log_path}")
+
+
+def run_stages(stages: list[Stage], folders: DemoFolders, state: dict) -> dict:
+    """Runs or reuses each stage in order and records its cost in ``state``.
+
+    A stage is reused when its outputs exist and no stage it needs ran in this call; otherwise it runs
+    (continuing an interrupted pre-training or training, or starting over when an input changed).
+
+    Args:
+        stages: From :func:`nnunet_voco.demo_stages.build_stages`.
+        folders: The preset's folders (logs go to ``<run>/logs``).
+        state: ``{"stages": {key: {...}}}`` from :func:`load_state`; saved after every stage.
+
+    Returns:
+        ``state``; per stage ``wall_s``/``cpu_s`` of the run that made its outputs (absent when they
+        came from elsewhere) and ``reused`` (True when this call reused them).
+
+    Raises:
+        RuntimeError: A command failed or left no outputs; the message names its log file.
+    """
+    env, ran = folders.environment(), set()
+    os.makedirs(os.path.join(folders.run, "logs"), exist_ok=True)
+    for i, stage in enumerate(stages, 1):
+        fresh = any(n in ran for n in stage.needs)
+        record = state["stages"].setdefault(stage.key, {})
+        banner = f"\n==> [{i}/{len(stages)}] {stage.key}: {stage.title}"
+        if not fresh and stage.is_done():
+            print(f"{banner} -- reusing the outputs of an earlier run", flush=True)
+            record["reused"] = True
+        else:
+            print(banner, flush=True)
+            start, cpu0 = time.perf_counter(), _cpu_s()
+            _run_one(stage, fresh, env, os.path.join(folders.run, "logs", f"{stage.key}.log"))
+            record.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_cpu_s() - cpu0, 1),
+                          reused=False, finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+            ran.add(stage.key)
+            print(f"==> {stage.key} done in {record['wall_s']:.0f} s", flush=True)
+        if stage.after is not None:
+            print(stage.after(), flush=True)
+        save_state(folders, state)
+    return state
+
+
+def load_state(folders: DemoFolders) -> dict:
+    """Reads ``<run>/demo_state.json`` (timings of earlier runs), or returns an empty state."""
+    path = os.path.join(folders.run, "demo_state.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return {"stages": {}}
+
+
+def save_state(folders: DemoFolders, state: dict) -> None:
+    """Writes ``state`` to ``<run>/demo_state.json`` atomically."""
+    os.makedirs(folders.run, exist_ok=True)
+    path = os.path.join(folders.run, "demo_state.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def _describe(folders: DemoFolders, device: str) -> str:
+    p = folders.preset
+    shape = "x".join(map(str, p.shape))
+    return (f"{SYNTHETIC_NOTE}\n"
+            f"Preset {p.name!r} on {device}: phantom {shape} voxels (z, y, x); {len(p.labelled_seeds)} labelled "
+            f"cases for fine-tuning, {len(p.test_seeds)} held-out test cases, {len(p.unlabelled_seeds)} unlabelled "
+            f"images for the pre-training pool; VoCo pre-training {p.pretrain_steps} steps on crops "
+            f"{'x'.join(map(str, p.crop_size))} (grid {'x'.join(map(str, p.grid))}); fine-tuning with "
+            f"{folders.trainer('voco')} vs {folders.trainer('scratch')} (same network, data and budget).\n"
+            f"Work folder: {folders.work} (nnUNet_raw, nnUNet_preprocessed, nnUNet_results inside)")
+
+
+def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> dict:
+    """Runs (or resumes) the whole demo and writes its report.
+
+    Args:
+        work: Work folder; created if missing. nnU-Net's three folders live inside it.
+        preset_name: A key of :data:`nnunet_voco.demo_stages.PRESETS` ("default" or "quick").
+        device: ``cpu`` or ``cuda`` for pre-training, training and prediction.
+
+    Returns:
+        The results dictionary also written to ``<work>/<preset>/results.json``.
+
+    Raises:
+        ValueError: Unknown preset.
+        RuntimeError: A stage failed (see :func:`run_stages`).
+    """
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
+    from nnunet_voco.demo_report import write_report  # matplotlib: imported only when needed
+
+    folders = DemoFolders(work, PRESETS[preset_name])
+    print(_describe(folders, device), flush=True)
+    start = time.perf_counter()
+    state = run_stages(build_stages(folders, device), folders, load_state(folders))
+    results = write_report(folders, state, device)
+    print(f"\nvoco_demo finished in {time.perf_counter() - start:.0f} s", flush=True)
+    return results

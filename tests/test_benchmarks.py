@@ -1,0 +1,177 @@
+"""Benchmarks run and report what they promise (correctness on tiny sizes, never timings), plus the
+device-side skip of ``train_step`` and the batched augmentation they measure."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import data_pipeline, gpu, step_profile  # noqa: E402
+from benchmarks.loss_benchmark import benchmark_loss  # noqa: E402
+from nnunet_voco.augment import AugmentConfig, CropTransforms, apply_transforms, draw_transforms, transform_into  # noqa: E402
+from nnunet_voco.loader import VoCoStream  # noqa: E402
+from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
+from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
+from nnunet_voco.pretrain.loop import train_step  # noqa: E402
+from nnunet_voco.sampling import CropLayout, WindowSampler, cut_crops  # noqa: E402
+
+TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
+LAYOUT = CropLayout((4, 8, 8), (1, 3, 3), 2)
+
+
+@pytest.fixture
+def tiny_source(tmp_path, monkeypatch):
+    """A 2-case blosc2 dataset written by nnU-Net's save_case, opened like voco_pretrain opens data."""
+    from nnunet_voco.nnunet import open_dataset
+
+    folders = data_pipeline.nnunet_folders(str(tmp_path))
+    for key, value in folders.items():
+        monkeypatch.setenv(key, value)
+    data_pipeline.write_synthetic_dataset(folders["nnUNet_preprocessed"], 981, "Tiny", TINY_PLANS, 2, (12, 40, 40))
+    return [open_dataset(981, data_pipeline.PLANS, "3d_fullres")]
+
+
+def test_loss_benchmark_matches_reference():
+    rows = benchmark_loss("cpu", sizes=((2, 2, 4, 16), (3, 2, 4, 8)), repeats=1, reference_repeats=1, warmup=0)
+    assert [(r["preset"], r["B"]) for r in rows] == [("v2", 2), ("v2", 3), ("v1", 2), ("v1", 3)]
+    assert all(r["max_abs_diff"] < 1e-5 and r["speedup"] > 0 for r in rows)
+
+
+def test_sampling_benchmark_reads_only_the_window(tiny_source):
+    r = data_pipeline.benchmark_sampling(tiny_source, LAYOUT, volumes=2, reference_volumes=1, loader_batches=0)
+    assert {"ms_per_volume", "naive_ms_per_volume", "full_case_read_ms", "window_read_ms",
+            "speedup_vs_naive"} <= r.keys()
+    assert r["max_read_fraction_of_window"] <= 1.0 and r["max_read_fraction_of_case"] < 0.5
+    assert r["crops_per_volume"] == 11 and r["loader_ms_per_volume"] is None
+
+
+def test_naive_reference_cuts_the_same_crops_without_augmentation(tiny_source):
+    dataset = tiny_source[0].open()
+    ident = tiny_source[0].identifiers[0]
+    none = AugmentConfig(0, 0, 0, 0, 0, 0)
+    sampler = WindowSampler(tiny_source[:1], LAYOUT)
+    sampler.cases = [(0, ident)]
+    ref = sampler.sample(np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    rng.integers(1)  # the sampler's draw of the case
+    bases, targets = data_pipeline.naive_sample(dataset, ident, LAYOUT, none, rng)
+    np.testing.assert_array_equal(bases, ref["bases"])
+    assert targets.shape == ref["targets"].shape
+
+
+def test_worker_sample_equals_cut_then_batched_augmentation(tiny_source):
+    stream = VoCoStream(WindowSampler(tiny_source, LAYOUT), seed=1, augment=AugmentConfig(0.5, 0.5, 0.5, 0.1, 0.5, 0.1))
+    rng, gen = stream.generators()
+    sample = stream.make_sample(rng, gen)
+    rng, gen = stream.generators()
+    window = stream.sampler.sample_window(rng)
+    transforms = draw_transforms(11, stream.augment, gen, square=True)
+    bases, targets = cut_crops(window["window"], LAYOUT, window["target_offsets"])
+    expected = apply_transforms(torch.from_numpy(np.concatenate([bases, targets])), transforms)
+    torch.testing.assert_close(torch.cat([sample["bases"], sample["targets"]]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(sample["overlaps"], torch.from_numpy(window["overlaps"]))
+
+
+@pytest.mark.parametrize("inplane", [(1, 2), (0, 1)])
+def test_numpy_and_torch_appliers_agree_on_every_transform(inplane):
+    crops = torch.randn(32, 2, 6, 6, 6)
+    codes = torch.arange(32)
+    t = CropTransforms(torch.stack([(codes >> i) & 1 for i in range(3)], 1).bool(), (codes >> 3) % 4,
+                       torch.linspace(0.9, 1.1, 32), torch.linspace(-0.1, 0.1, 32))
+    out = np.empty(crops.shape, dtype=np.float32)
+    transform_into(list(crops.numpy()), out, t, inplane)
+    expected = torch.stack([torch.rot90(c.flip([d + 1 for d in range(3) if f[d]]) if f.any() else c, int(k),
+                                        (inplane[0] + 1, inplane[1] + 1)) * s + b
+                            for c, f, k, s, b in zip(crops, t.flips, t.turns, t.scale, t.shift)])
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=0, atol=0)
+    torch.testing.assert_close(apply_transforms(crops, t, inplane), expected, rtol=0, atol=0)
+
+
+def _tiny_pipeline(sources, **kw):
+    return step_profile.build_pipeline(sources, data_pipeline.PLANS, crop_size=(8, 16, 16), batch_size=1,
+                                       num_workers=0, head_dim=32, **kw)
+
+
+def test_step_profile_shares_cover_the_step(tiny_source):
+    r = step_profile.profile_steps(_tiny_pipeline(tiny_source), steps=1, warmup=0)
+    assert set(r["share"]) == set(step_profile.PHASES)
+    assert abs(sum(r["share"].values()) - 1) < 1e-9 and r["all_finite"]
+    assert r["crops_per_step"] == 11 and r["ms_per_step"] > 0
+
+
+def test_scaling_rows_follow_the_sweeps(tiny_source):
+    rows = step_profile.scaling(_tiny_pipeline(tiny_source), base_counts=(4, 9), crop_edges=(8,))
+    assert [(r["sweep"], r["bases"], r["crop"], r["crops"]) for r in rows] == [
+        ("bases", 4, 8, 6), ("bases", 9, 8, 11), ("crop", 9, 8, 11)]
+    assert all(r["step_ms"] > 0 and r["step_over_encoder"] > 0 for r in rows)
+
+
+def test_gpu_script_dry_run(tmp_path, monkeypatch):
+    for key, value in data_pipeline.nnunet_folders(str(tmp_path / "nn")).items():
+        monkeypatch.setenv(key, value)  # restored after the test
+    out = tmp_path / "gpu.json"
+    gpu.main(["--dry_run", "--steps", "1", "--warmup", "0", "--root", str(tmp_path / "nn"), "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["rows"]] == ["eager", "eager, finite flag read every step",
+                                                      "compile (encoder)"]
+    assert all(r["all_finite"] and r["steps_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1
+               for r in result["rows"][:2])
+    assert result["meta"]["crop_size"] == result["meta"]["patch_size"] and result["meta"]["dry_run"]
+
+
+def _step_inputs(pipe, value=None):
+    batch = step_profile.synthetic_batch(pipe.layout, 1, 1)
+    if value is not None:
+        batch["bases"][0, 0, 0, 0, 0, 0] = value
+    return batch
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_train_step_skips_nonfinite_updates(tiny_source, fused):
+    pipe = _tiny_pipeline(tiny_source)
+    if not fused:
+        pipe.optimizer = torch.optim.SGD(pipe.optimizer.param_groups[0]["params"], lr=0.1)
+    ctx, config = RunContext(torch.device("cpu")), PretrainConfig(datasets=("x",))
+    before = [p.detach().clone() for p in pipe.model.parameters()]
+    stats = train_step(pipe.model, _step_inputs(pipe, float("nan")), pipe.optimizer, None, ctx, None, config, None,
+                       pipe.generator, pipe.inplane)
+    assert isinstance(stats["finite"], torch.Tensor) and not stats["finite"]
+    assert all(torch.equal(a, b) for a, b in zip(before, pipe.model.parameters()))
+    if fused:  # the step count is rolled back as well
+        assert all(float(s["step"]) == 0 for s in pipe.optimizer.state.values())
+    stats = train_step(pipe.model, _step_inputs(pipe), pipe.optimizer, None, ctx, None, config, None,
+                       pipe.generator, pipe.inplane)
+    assert stats["finite"] and not torch.equal(before[0], next(pipe.model.parameters()))
+
+
+def test_fused_skip_leaves_adam_state_untouched(tiny_source):
+    pipe = _tiny_pipeline(tiny_source)
+    ctx, config = RunContext(torch.device("cpu")), PretrainConfig(datasets=("x",))
+    train_step(pipe.model, _step_inputs(pipe), pipe.optimizer, None, ctx, None, config, None, pipe.generator,
+               pipe.inplane)
+    state = {k: {n: v.clone() for n, v in s.items()} for k, s in pipe.optimizer.state.items()}
+    train_step(pipe.model, _step_inputs(pipe, float("inf")), pipe.optimizer, None, ctx, None, config, None,
+               pipe.generator, pipe.inplane)
+    assert not hasattr(pipe.optimizer, "found_inf")
+    for key, s in pipe.optimizer.state.items():
+        assert all(torch.equal(v, state[key][n]) for n, v in s.items())
+
+
+def test_channels_last_step_runs(tiny_source):
+    pipe = _tiny_pipeline(tiny_source, channels_last=True)
+    stats = train_step(pipe.model, _step_inputs(pipe), pipe.optimizer, None, pipe.ctx, None, pipe.config, None,
+                       pipe.generator, pipe.inplane)
+    assert pipe.config.channels_last and bool(stats["finite"])
+
+
+@pytest.mark.slow  # inductor compiles C++ on the CPU: about a minute even for this tiny encoder
+def test_compiled_encoder_step_runs(tiny_source):
+    pipe = _tiny_pipeline(tiny_source, compile=True)
+    stats = train_step(pipe.model, _step_inputs(pipe), pipe.optimizer, None, pipe.ctx, None, pipe.config, None,
+                       pipe.generator, pipe.inplane)
+    assert bool(stats["finite"])
