@@ -46,18 +46,22 @@ def _step(module: nn.Module, x: torch.Tensor) -> None:
     module.zero_grad(set_to_none=True)
 
 
-def time_encoder(module: nn.Module, crop: int, batch: int, steps: int, warmup: int = 1) -> tuple[float, int]:
-    """Mean milliseconds per step after ``warmup`` steps, and the embedding length."""
+def time_encoder(module: nn.Module, crop: int, batch: int, steps: int, warmup: int = 1) -> tuple[float, float, int]:
+    """Mean wall and CPU (process) milliseconds per step after ``warmup`` steps, and the embedding length.
+
+    CPU time is reported too because on a shared machine wall time depends on other load.
+    """
     module.train()
     x = torch.randn(batch, 1, crop, crop, crop)
     with torch.no_grad():
         dim = sum(m.shape[1] for m in module(x[:1]))
     for _ in range(warmup):
         _step(module, x)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         _step(module, x)
-    return (time.perf_counter() - start) / steps * 1000.0, dim
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    return wall / steps * 1000.0, cpu / steps * 1000.0, dim
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,15 +79,15 @@ def main(argv: list[str] | None = None) -> None:
     for name, module in (("ResEnc-M", _ResEncStages()),
                          (f"swin (F={args.feature_size})", build_swin_encoder(1, args.feature_size).module)):
         params = sum(p.numel() for p in module.parameters()) / 1e6
-        ms, dim = time_encoder(module, args.crop, args.batch, args.steps)
-        rows.append((name, params, dim, ms))
-    base = rows[0][3]
+        ms, cpu_ms, dim = time_encoder(module, args.crop, args.batch, args.steps)
+        rows.append((name, params, dim, ms, cpu_ms))
+    base, cpu_base = rows[0][3], rows[0][4]
     print(f"\nCPU, {torch.get_num_threads()} threads, batch {args.batch} x {args.crop}^3, forward+backward, "
           f"mean of {args.steps} steps\n")
-    print("| encoder | params (M) | embedding | ms/step | ratio vs ResEnc-M |")
-    print("|---|---|---|---|---|")
-    for name, params, dim, ms in rows:
-        print(f"| {name} | {params:.1f} | {dim} | {ms:.0f} | {ms / base:.2f} |")
+    print("| encoder | params (M) | embedding | ms/step (wall) | ratio | CPU ms/step | CPU ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for name, params, dim, ms, cpu_ms in rows:
+        print(f"| {name} | {params:.1f} | {dim} | {ms:.0f} | {ms / base:.2f} | {cpu_ms:.0f} | {cpu_ms / cpu_base:.2f} |")
 
 
 if __name__ == "__main__":

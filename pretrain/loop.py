@@ -91,7 +91,9 @@ def resolve_layout(config, configuration_manager, divisor, log) -> CropLayout:
     """Crop size (default: the plans' patch size), grid (default 3x3 in-plane) and targets."""
     crop = tuple(config.crop_size or configuration_manager.patch_size)
     if tuple(divisor) == (32, 32, 32) and config.crop_size is None:
-        rounded = tuple(max(32, int(round(c / 32)) * 32) for c in crop)
+        from nnunet_voco.encoders.swin import swin_patch_size
+
+        rounded = tuple(swin_patch_size(crop))  # the same patch nnUNetTrainerVoCoSwin fine-tunes on
         if rounded != crop:
             log(f"VoCo: crop size {crop} rounded to multiples of 32 for the Swin encoder: {rounded}")
         crop = rounded
