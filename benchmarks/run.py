@@ -1,7 +1,7 @@
 """The performance figures of nnunet-voco in one command; every figure against a reference of the same run.
 
-    python benchmarks/run.py                # CPU, about 10 minutes (+ one-time data preparation)
-    python benchmarks/run.py --quick        # about a minute
+    python benchmarks/run.py                # CPU, about 5 minutes (+ about 3 the first time: data)
+    python benchmarks/run.py --quick        # about half a minute once the data exist
     python benchmarks/run.py --device cuda  # loss, step profile and scaling on the GPU
 
 Sections (``--sections`` selects):
@@ -41,14 +41,13 @@ SETTINGS = {
                          "reference_repeats": 3, "presets": ("v2", "v1")},
                 "sampling": {"volumes": 30, "reference_volumes": 6, "loader_batches": 10},
                 "step": {"crop_size": (8, 16, 16), "batch_size": 2, "steps": 5, "warmup": 2},
-                # CPU: edges halved (one 64^3 step of even the 8x narrowed encoder takes minutes here)
-                "scaling": {"base_counts": (4, 9, 16, 27), "crop_edges": (16, 24, 32), "width_divisor": 8,
-                            "volumes": 1, "repeats": 1},
+                "scaling": {"base_counts": (4, 9, 16, 27), "crop_edges": (32, 48, 64), "width_divisor": 8,
+                            "volumes": 1, "repeats": 2},
                 "scaling_cuda": {"base_counts": (4, 9, 16, 27), "crop_edges": (32, 48, 64), "width_divisor": 1,
                                  "volumes": 2, "repeats": 3}},
     "quick": {"loss": {"sizes": ((2, 2, 16, 2048), (8, 4, 16, 2048)), "repeats": 5, "reference_repeats": 1,
                        "presets": ("v2",)},
-              "sampling": {"volumes": 8, "reference_volumes": 2, "loader_batches": 3},
+              "sampling": {"volumes": 12, "reference_volumes": 3, "loader_batches": 4},
               "step": {"crop_size": (8, 16, 16), "batch_size": 2, "steps": 2, "warmup": 1},
               "scaling": {"base_counts": (4, 9), "crop_edges": (16, 24), "width_divisor": 8, "volumes": 1,
                           "repeats": 1},
@@ -80,12 +79,14 @@ def run_step(device: str, s: dict) -> dict:
     return step_profile.profile_steps(pipe, steps=s["steps"], warmup=s["warmup"])
 
 
-def run_scaling(device: str, s: dict) -> list[dict]:
+def run_scaling(device: str, s: dict) -> dict:
     sources = step_profile.narrowed_sources(_toy_sources(), s["width_divisor"])
     edge = min(s["crop_edges"])
     pipe = step_profile.build_pipeline(sources, data_pipeline.PLANS, crop_size=(edge,) * 3, batch_size=s["volumes"],
                                        num_workers=0, device=device)
-    return step_profile.scaling(pipe, s["base_counts"], s["crop_edges"], volumes=s["volumes"], repeats=s["repeats"])
+    features = sources[0].configuration_manager.network_arch_init_kwargs["features_per_stage"]
+    rows = step_profile.scaling(pipe, s["base_counts"], s["crop_edges"], volumes=s["volumes"], repeats=s["repeats"])
+    return {"features_per_stage": list(features), "volumes": s["volumes"], "repeats": s["repeats"], "rows": rows}
 
 
 # ============ markdown ============
@@ -130,8 +131,11 @@ def step_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def scaling_table(rows: list[dict]) -> str:
-    lines = ["| sweep | base crops | crop edge | crops / step | step ms | encoder-only ms | step / encoder | "
+def scaling_table(result: dict) -> str:
+    rows = result["rows"]
+    lines = [f"ResEnc from the toy ResEnc-M plans with features {tuple(result['features_per_stage'])}, "
+             f"{result['volumes']} volume(s) + 2 targets per step, synthetic crops; median of {result['repeats']}; "
+             f"peak = memory above the level before the call", "", "| sweep | base crops | crop edge | crops / step | step ms | encoder-only ms | step / encoder | "
              "step peak MiB | encoder peak MiB |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['sweep']} | {r['bases']} | {r['crop']} | {r['crops']} | {r['step_ms']:.0f} | "
               f"{r['encoder_ms']:.0f} | {r['step_over_encoder']:.2f} | {_f(r['step_peak_mib'], 0)} | "
@@ -146,10 +150,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="[OPTIONAL] JSON path (default benchmarks/results/run_<time>.json)")
     parser.add_argument("--root", default=None, help="[OPTIONAL] data cache (default $TMPDIR/nnunet_voco_bench)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="[OPTIONAL] subset")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="[OPTIONAL] torch threads (default 1 on the CPU: on shared cores OpenMP barriers stall "
+                             "multi-threaded runs by several x, which makes ratios unstable; torch's default on CUDA)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda was requested but CUDA is not available here; omit it to run on the CPU")
     settings = SETTINGS["quick" if args.quick else "default"]
+    if args.threads or args.device == "cpu":
+        torch.set_num_threads(args.threads or 1)
     start = time.perf_counter()
     meta = {"mode": "quick" if args.quick else "default", "device": args.device, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),

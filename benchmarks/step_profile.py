@@ -302,6 +302,9 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
                    pipe.generator, pipe.inplane)
         pipe.model.update_teacher(pipe.config.ema_momentum)
 
+    warm = synthetic_batch(_layout(base_counts[0] if base_counts else 9, base_edge, pipe.layout.num_targets), volumes,
+                           channels)
+    step({key: v.to(device) for key, v in warm.items()})  # creates the optimiser state outside the measurements
     for sweep, k, edge in points:
         layout = _layout(k, edge, pipe.layout.num_targets)
         batch = {key: v.to(device) for key, v in synthetic_batch(layout, volumes, channels).items()}

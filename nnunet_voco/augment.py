@@ -99,16 +99,18 @@ def apply_transforms(crops: torch.Tensor, transforms: CropTransforms, inplane_ax
     out = crops.clone()
     a, b = (ax + 2 for ax in inplane_axes)
     codes = transforms.spatial_codes()
+    # Parameters live on the CPU; copies to the device are non_blocking (a blocking copy would wait
+    # for the device's queue to drain: a host sync per transform).
     for code in torch.unique(codes[codes > 0]).tolist():
-        idx = torch.nonzero(codes == code).flatten().to(crops.device)
+        idx = torch.nonzero(codes == code).flatten().to(crops.device, non_blocking=True)
         dims = [axis + 2 for axis in range(3) if code >> axis & 1]
         sel = crops[idx].flip(dims) if dims else crops[idx]
         out[idx] = torch.rot90(sel, code >> 3, dims=(a, b)) if code >> 3 else sel
     shape = (crops.shape[0],) + (1,) * (crops.dim() - 1)
     if bool((transforms.scale != 1).any()):
-        out.mul_(transforms.scale.to(out.device, out.dtype).view(shape))
+        out.mul_(transforms.scale.to(out.device, out.dtype, non_blocking=True).view(shape))
     if bool((transforms.shift != 0).any()):
-        out.add_(transforms.shift.to(out.device, out.dtype).view(shape))
+        out.add_(transforms.shift.to(out.device, out.dtype, non_blocking=True).view(shape))
     return out
 
 
