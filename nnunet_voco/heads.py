@@ -9,9 +9,9 @@ References:
 
 Notes:
     The official projector's BatchNorm1d layers always use batch statistics (also in eval). We use
-    ``track_running_stats=False`` for the same behaviour; under DDP the loop converts them to
-    SyncBatchNorm so that the statistics cover the global batch (the official DDP code keeps
-    per-GPU statistics).
+    ``track_running_stats=False`` for the same behaviour. Under DDP on CUDA the loop converts them
+    to SyncBatchNorm so that the statistics cover the global batch; on CPU (gloo, where PyTorch has
+    no SyncBatchNorm) each rank keeps its own statistics, as the official DDP code does on GPUs.
 """
 from __future__ import annotations
 

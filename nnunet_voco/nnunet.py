@@ -84,10 +84,13 @@ def open_dataset(dataset: str | int, plans_name: str, configuration: str) -> Dat
         raise UserInputError(f"dataset {name} is not preprocessed ({folder} does not exist); run `{plan_cmd}` first")
     plans_file = os.path.join(folder, plans_name + ".json")
     if not os.path.isfile(plans_file):
-        available = sorted(f[:-5] for f in os.listdir(folder) if f.endswith("Plans.json") or "Plans" in f)
+        not_plans = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
+        available = sorted(f[:-5] for f in os.listdir(folder)
+                           if f.endswith(".json") and f not in not_plans and os.path.isfile(os.path.join(folder, f)))
+        planner = " -pl <planner>" if plans_name != "nnUNetPlans" else ""
         raise UserInputError(
             f"plans {plans_name!r} not found for {name} (available: {', '.join(available) or 'none'}); pass -p with "
-            f"one of them or run `{plan_cmd}`" + (" -pl <planner>" if plans_name != "nnUNetPlans" else "")
+            f"one of them or run `{plan_cmd}{planner}`"
         )
     pm = PlansManager(plans_file)
     if configuration not in pm.available_configurations:
