@@ -117,17 +117,21 @@ def format_table(results: dict) -> str:
         lines.append(f"Fine-tuning budget (both arms): {budget['num_epochs']} epochs x "
                      f"{budget['num_iterations_per_epoch']} iterations; pre-training "
                      f"{results['pretraining']['steps']} steps")
-    lines += ["Time per stage (CPU s: CPU time of the stage's processes; a shared machine inflates wall s)",
-              f"  {'stage':<17} {'wall s':>7} {'CPU s':>7}  status"]
+    lines += ["Time per stage, from the run that made its outputs (CPU s: all its processes; load: 1-min load",
+              f"average at its end on this {os.cpu_count()}-CPU machine; other work on the machine inflates wall s)",
+              f"  {'stage':<17} {'wall s':>7} {'CPU s':>7} {'load':>5}  status"]
     wall_total = cpu_total = 0.0
     for key, record in results["stages"].items():
-        wall, cpu = record.get("wall_s"), record.get("cpu_s")
+        wall, cpu, load = (record.get(k) for k in ("wall_s", "cpu_s", "load_avg"))
         wall_total, cpu_total = wall_total + (wall or 0.0), cpu_total + (cpu or 0.0)
         status = "reused" if record.get("reused") else "ran"
-        lines.append(f"  {key:<17} {'-' if wall is None else f'{wall:.1f}':>7} "
-                     f"{'-' if cpu is None else f'{cpu:.1f}':>7}  {status}")
-    lines.append(f"  {'total':<17} {wall_total:>7.1f} {cpu_total:>7.1f}  (times of the runs that made the outputs)")
+        lines.append(f"  {key:<17} {_fixed(wall):>7} {_fixed(cpu):>7} {_fixed(load):>5}  {status}")
+    lines.append(f"  {'total':<17} {wall_total:>7.1f} {cpu_total:>7.1f} {'':>5}  (runs that made the outputs)")
     return "\n".join(lines)
+
+
+def _fixed(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def write_report(folders: DemoFolders, state: dict, device: str) -> dict:

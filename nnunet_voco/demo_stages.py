@@ -102,19 +102,19 @@ class Stage:
         key: Short name used in the table, the state file and the log file name.
         title: What the stage does, printed in its banner.
         command: Builds the command line from ``fresh`` (True: a stage it needs ran in this invocation,
-            so start over instead of continuing); None for an in-process step.
+            so start over instead of continuing). With ``action`` set it is only printed.
         is_done: True when the stage's outputs exist.
         needs: Keys of the stages whose outputs this one reads.
-        action: The in-process step (when ``command`` is None); returns the equivalent Python call.
+        action: Runs the step in this process instead of ``command`` (same effect, no start-up cost).
         after: In-process follow-up run after the command and on reuse (idempotent); returns what it did.
     """
 
     key: str
     title: str
-    command: Callable[[bool], list[str]] | None
+    command: Callable[[bool], list[str]]
     is_done: Callable[[], bool]
     needs: tuple[str, ...] = ()
-    action: Callable[[], str] | None = None
+    action: Callable[[], None] | None = None
     after: Callable[[], str] | None = None
 
 
@@ -164,13 +164,26 @@ def _count_cases(folder: str) -> int:
     return len([f for f in glob.glob(os.path.join(folder, "*.b2nd")) if not f.endswith("_seg.b2nd")])
 
 
-def _write_phantom(folders: DemoFolders) -> str:
+def _seeds(seeds: tuple[int, ...]) -> str:
+    """Python source for a seed list, short for a contiguous run."""
+    if len(seeds) > 3 and list(seeds) == list(range(seeds[0], seeds[-1] + 1)):
+        return f"list(range({seeds[0]}, {seeds[-1] + 1}))"
+    return repr(list(seeds))
+
+
+def _phantom_call(folders: DemoFolders) -> str:
+    """The ``write_nnunet_raw_dataset`` call of the data stage, as Python source (double quotes, for a shell)."""
+    p = folders.preset
+    return (f"from nnunet_voco.phantom import write_nnunet_raw_dataset; write_nnunet_raw_dataset("
+            f"{json.dumps(folders.raw)}, {p.dataset_id}, {json.dumps(p.dataset_name)}, labelled_seeds="
+            f"{_seeds(p.labelled_seeds)}, unlabelled_seeds={_seeds(p.unlabelled_seeds)}, test_seeds="
+            f"{_seeds(p.test_seeds)}, shape={p.shape})")
+
+
+def _write_phantom(folders: DemoFolders) -> None:
     p = folders.preset
     write_nnunet_raw_dataset(folders.raw, p.dataset_id, p.dataset_name, list(p.labelled_seeds),
                              list(p.unlabelled_seeds), list(p.test_seeds), shape=p.shape)
-    return (f"write_nnunet_raw_dataset({folders.raw!r}, {p.dataset_id}, {p.dataset_name!r}, labelled_seeds="
-            f"{list(p.labelled_seeds)}, unlabelled_seeds=<{len(p.unlabelled_seeds)} seeds>, test_seeds="
-            f"{list(p.test_seeds)}, shape={p.shape})")
 
 
 def _phantom_is_current(folders: DemoFolders) -> bool:
@@ -225,7 +238,8 @@ def build_stages(folders: DemoFolders, device: str) -> list[Stage]:
     """
     ds = str(folders.preset.dataset_id)
     stages = [
-        Stage("data", "write the synthetic phantom in nnU-Net raw format", None,
+        Stage("data", "write the synthetic phantom in nnU-Net raw format",
+              lambda fresh: ["python", "-c", _phantom_call(folders)],
               lambda: _phantom_is_current(folders), action=lambda: _write_phantom(folders)),
         Stage("plan", "plan and preprocess the labelled phantom (nnU-Net)",
               lambda fresh: ["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", CONFIGURATION, "-np", "1", "-npfp", "1"],

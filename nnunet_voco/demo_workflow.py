@@ -54,11 +54,11 @@ def _cpu_s() -> float:
 
 
 def _run_one(stage: Stage, fresh: bool, env: dict, log_path: str) -> None:
-    if stage.command is None:
-        print(f"$ python -c 'from nnunet_voco.phantom import *; {stage.action()}'", flush=True)
-        return
     command = stage.command(fresh)
     print("$ " + shlex.join(command), flush=True)
+    if stage.action is not None:
+        stage.action()
+        return
     code = stream_command(command, env, log_path)
     if code != 0:
         raise RuntimeError(f"stage {stage.key} failed with exit code {code}: {shlex.join(command)}; the full output "
@@ -79,8 +79,9 @@ def run_stages(stages: list[Stage], folders: DemoFolders, state: dict) -> dict:
         state: ``{"stages": {key: {...}}}`` from :func:`load_state`; saved after every stage.
 
     Returns:
-        ``state``; per stage ``wall_s``/``cpu_s`` of the run that made its outputs (absent when they
-        came from elsewhere) and ``reused`` (True when this call reused them).
+        ``state``; per stage ``wall_s``, ``cpu_s`` and ``load_avg`` (1-minute load average at its end:
+        other work on the machine) of the run that made its outputs (absent when they came from
+        elsewhere), and ``reused`` (True when this call reused them).
 
     Raises:
         RuntimeError: A command failed or left no outputs; the message names its log file.
@@ -99,7 +100,8 @@ def run_stages(stages: list[Stage], folders: DemoFolders, state: dict) -> dict:
             start, cpu0 = time.perf_counter(), _cpu_s()
             _run_one(stage, fresh, env, os.path.join(folders.run, "logs", f"{stage.key}.log"))
             record.update(wall_s=round(time.perf_counter() - start, 1), cpu_s=round(_cpu_s() - cpu0, 1),
-                          reused=False, finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
+                          load_avg=round(os.getloadavg()[0], 1), reused=False,
+                          finished_at=time.strftime("%Y-%m-%d %H:%M:%S"))
             ran.add(stage.key)
             print(f"==> {stage.key} done in {record['wall_s']:.0f} s", flush=True)
         if stage.after is not None:
@@ -127,15 +129,17 @@ def save_state(folders: DemoFolders, state: dict) -> None:
 
 
 def _describe(folders: DemoFolders, device: str) -> str:
-    p = folders.preset
-    shape = "x".join(map(str, p.shape))
+    p, env = folders.preset, folders.environment()
+    names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc", "nnUNet_n_proc_DA",
+             "nnUNet_compile")
+    exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in names)
     return (f"{SYNTHETIC_NOTE}\n"
-            f"Preset {p.name!r} on {device}: phantom {shape} voxels (z, y, x); {len(p.labelled_seeds)} labelled "
-            f"cases for fine-tuning, {len(p.test_seeds)} held-out test cases, {len(p.unlabelled_seeds)} unlabelled "
-            f"images for the pre-training pool; VoCo pre-training {p.pretrain_steps} steps on crops "
-            f"{'x'.join(map(str, p.crop_size))} (grid {'x'.join(map(str, p.grid))}); fine-tuning with "
-            f"{folders.trainer('voco')} vs {folders.trainer('scratch')} (same network, data and budget).\n"
-            f"Work folder: {folders.work} (nnUNet_raw, nnUNet_preprocessed, nnUNet_results inside)")
+            f"Preset {p.name!r} on {device}: phantom {'x'.join(map(str, p.shape))} voxels (z, y, x); "
+            f"{len(p.labelled_seeds)} labelled cases for fine-tuning, {len(p.test_seeds)} held-out test cases, "
+            f"{len(p.unlabelled_seeds)} unlabelled images for the pre-training pool; VoCo pre-training "
+            f"{p.pretrain_steps} steps on crops {'x'.join(map(str, p.crop_size))} (grid {'x'.join(map(str, p.grid))}); "
+            f"fine-tuning with {folders.trainer('voco')} vs {folders.trainer('scratch')} (same network, data and "
+            f"budget).\nEvery command below runs with:\n  export {exports}")
 
 
 def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> dict:

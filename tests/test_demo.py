@@ -42,6 +42,7 @@ def test_stages_order_commands_and_matched_trainers(folders):
     for i, stage in enumerate(stages):
         assert set(stage.needs) <= set(keys[:i])
     by_key = {s.key: s for s in stages}
+    assert by_key["data"].command(False)[:2] == ["python", "-c"] and by_key["data"].action is not None
     assert by_key["pretrain"].command(False)[:4] == ["voco_pretrain", "-d", "812", "811"]
     voco, scratch = by_key["train_voco"].command(False), by_key["train_scratch"].command(False)
     assert voco == ["nnUNetv2_train", "811", "3d_fullres", "0", "-tr", "nnUNetTrainerVoCo_demoquick", "-device", "cpu"]

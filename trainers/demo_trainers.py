@@ -23,8 +23,8 @@ from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo, nnUNetTrainerV
 __all__ = ["nnUNetTrainerVoCo_demo", "nnUNetTrainerVoCoScratch_demo", "nnUNetTrainerVoCo_demoquick",
            "nnUNetTrainerVoCoScratch_demoquick"]
 
-DEMO_BUDGET = (10, 10)  # (epochs, iterations per epoch) of the default demo
-QUICK_BUDGET = (1, 3)  # (epochs, iterations per epoch) of --quick
+DEMO_BUDGET = (12, 20)  # (epochs, iterations per epoch) of the default demo
+QUICK_BUDGET = (1, 2)  # (epochs, iterations per epoch) of --quick
 
 
 class _DemoBudgetMixin:
