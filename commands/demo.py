@@ -29,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
                     "nnUNetv2_plan_and_preprocess, voco_preprocess_unlabeled (unlabelled pool), voco_pretrain, "
                     "nnUNetv2_train with the VoCo trainer and the matched scratch trainer, nnUNetv2_predict on "
                     "held-out cases and nnUNetv2_evaluate_folder; then print a Dice table and write "
-                    "results.json and a PNG figure. Running it again reuses finished stages.")
+                    "results.json and a PNG figure. Running it again reuses finished stages.",
+        epilog="Outputs: DIR/default/ (or DIR/quick/) holds results.txt (the table), results.json, voco_demo.png, "
+               "predictions_{voco,scratch}/ and logs/<stage>.log; nnU-Net's folders are DIR/nnUNet_raw, "
+               "DIR/nnUNet_preprocessed and DIR/nnUNet_results. Fine-tuning uses fold 0 of a splits_final.json the "
+               "demo writes: all labelled cases train, the held-out cases are imagesTs.")
     parser.add_argument("--out", default="voco_demo_work", metavar="DIR",
                         help="work folder holding nnUNet_raw/_preprocessed/_results and the report "
                              "(default: ./voco_demo_work)")
