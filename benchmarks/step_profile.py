@@ -97,7 +97,7 @@ def build_pipeline(sources, plans: str, crop_size=None, batch_size: int | None =
     ctx = RunContext(torch.device(device))
     bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager,
                            first.num_input_channels)
-    layout = resolve_layout(config, first.configuration_manager, bundle.divisor, lambda *a: None)
+    layout = resolve_layout(config, first.configuration_manager, bundle.divisor)
     batch = resolve_batch_size(config, first.configuration_manager, layout)
     torch.manual_seed(seed)
     model = VoCoModel(bundle, preset, VoCoLoss(preset), head_dim, 0.2 if preset == "v2" else 0.0).to(ctx.device)

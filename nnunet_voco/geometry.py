@@ -29,7 +29,7 @@ References:
 Notes:
     The official code hard-codes a 4x4 (v1) or 3x3 (v2) in-plane grid of 64^3 crops inside a window
     of 384x384x96 (resized) or 192x192x64 voxels. Here the grid and crop size are parameters and
-    the defaults come from the nnU-Net plans (see :func:`default_grid`), and targets are sampled
+    the defaults come from the plans and the data (see :func:`fitted_layout`), and targets are sampled
     with inclusive upper bound ``window - crop`` (the official code draws centres from a half-open
     range, so the last offset is never drawn; the difference is one voxel).
 """
@@ -52,20 +52,109 @@ def _as_triplet(values: Sequence[int], name: str) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def default_grid(spacing: Sequence[float], cells: int = 3) -> tuple[int, int, int]:
-    """The TPAMI grid: ``cells`` x ``cells`` over the two in-plane axes, 1 on the coarse axis.
+ANISOTROPY_RATIO = 1.5  # coarsest / finest spacing above which the coarse axis is "through-plane"
+MIN_CROP_EDGE = 16  # voxels; see :func:`fitted_layout`
+
+
+def unsplit_axis(spacing: Sequence[float], median_shape: Sequence[float] | None = None) -> int:
+    """The axis the VoCo grid leaves whole (1 cell); the other two are the "in-plane" axes.
+
+    Anisotropic spacing (coarsest / finest > ``ANISOTROPY_RATIO``): the coarse axis, as in VoCo's
+    official code, which never splits z. Isotropic spacing: the axis with the smallest median
+    extent in voxels (the other two have the most room for a 3x3 grid); without a median shape, the
+    first axis (nnU-Net puts the axis it treats as out-of-plane first).
+    """
+    spacing = np.asarray(spacing, dtype=float)
+    if spacing.max() > ANISOTROPY_RATIO * spacing.min():
+        return int(np.argmax(spacing))
+    if median_shape is not None:
+        return int(np.argmin(np.asarray(median_shape, dtype=float)))
+    return 0
+
+
+def default_grid(spacing: Sequence[float], cells: int = 3,
+                 median_shape: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """The TPAMI grid: ``cells`` x ``cells`` over the two in-plane axes, 1 on the other one.
 
     Args:
         spacing: voxel spacing of the configuration, in the axis order of the preprocessed arrays.
         cells: number of base crops along each in-plane axis (3 in VoCo v2, 4 in v1).
+        median_shape: median case shape; picks the whole axis of isotropic data (see
+            :func:`unsplit_axis`).
 
     Returns:
-        The grid ``(gx, gy, gz)``. The coarse axis is the one with the largest spacing; with
-        isotropic spacing (all equal) it is the first axis, so the last two are split.
+        The grid ``(gx, gy, gz)``.
     """
-    spacing = np.asarray(spacing, dtype=float)
-    coarse = int(np.argmax(spacing)) if not np.allclose(spacing, spacing[0]) else 0
-    return tuple(1 if axis == coarse else cells for axis in range(3))  # type: ignore[return-value]
+    whole = unsplit_axis(spacing, median_shape)
+    return tuple(1 if axis == whole else cells for axis in range(3))  # type: ignore[return-value]
+
+
+def _fit_edge(room: float, cells: int, cap: int, divisor: int, minimum: int) -> int:
+    """Largest multiple of ``divisor`` that is <= ``cap`` and lets ``cells`` crops fit into ``room``."""
+    edge = min(int(cap), int(room // cells)) // divisor * divisor
+    return max(edge, minimum)
+
+
+def min_crop_edges(divisor: Sequence[int], min_edge: int = MIN_CROP_EDGE) -> tuple[int, int, int]:
+    """Smallest crop edge per axis: a multiple of the stride, at least ``min_edge`` voxels."""
+    return tuple(int(-(-max(int(d), min_edge) // int(d)) * int(d)) for d in divisor)  # type: ignore[return-value]
+
+
+def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spacing: Sequence[float],
+                  divisor: Sequence[int], grid: Sequence[int] | None = None, cells: Sequence[int] = (3, 2),
+                  min_edge: int = MIN_CROP_EDGE) -> tuple[tuple[int, int, int], tuple[int, int, int], str]:
+    """Default crop size and grid: the window (grid x crop) fits inside the median case.
+
+    Rule (DESIGN.md section 3): the grid splits the two in-plane axes (:func:`unsplit_axis`) into
+    3 x 3 cells (the TPAMI recipe), 1 cell on the other axis. Each crop edge is the largest multiple
+    of the encoder's total stride that is at most the plans' patch size and lets the cells fit into
+    the median case shape, so that base crops hold data, not padding. When 3 cells would make an
+    in-plane crop smaller than the minimum, 2 cells are used; when even that does not fit, the crops
+    keep the minimum and the window is padded (the loop logs the padding share).
+
+    Why crops may be smaller than the fine-tuning patch: the CNN encoder is fully convolutional, so
+    it accepts any crop whose edges its strides divide, and the weights transfer unchanged. The
+    minimum edge, ``max(stride, min_edge)`` rounded up to the stride, keeps every stage at least one
+    voxel wide (stride) and the first stages' 3x3x3 receptive fields mostly inside the crop
+    (``min_edge`` = 16 voxels); crops whose deepest map would be a single voxel (instance norm has
+    nothing to normalise there) get the whole axis doubled where the median case allows it.
+
+    Args:
+        median_shape: median spatial case shape (preprocessed axis order).
+        patch_size: the configuration's patch size (upper bound of every crop edge).
+        spacing: the configuration's spacing.
+        divisor: the encoder's total stride per axis (crop edges must be multiples of it).
+        grid: a fixed grid (``--grid``); only the crop size is fitted then.
+        cells: cells per in-plane axis to try, in order.
+        min_edge: minimum crop edge in voxels (before rounding up to the stride).
+
+    Returns:
+        ``(crop_size, grid, rule)``: ``rule`` is a one-line account of how they were chosen.
+    """
+    median = np.asarray(median_shape, dtype=float)
+    divisor = tuple(int(d) for d in divisor)
+    cap = tuple(max(d, int(p) // d * d) for p, d in zip(patch_size, divisor))
+    minimum = min_crop_edges(divisor, min_edge)
+    candidates = [tuple(int(g) for g in grid)] if grid is not None else [
+        default_grid(spacing, n, median) for n in cells]
+    for i, g in enumerate(candidates):
+        fits = all(median[a] // g[a] >= minimum[a] for a in range(3) if g[a] > 1)
+        if fits or i == len(candidates) - 1:
+            break
+    crop = [_fit_edge(median[a], g[a], cap[a], divisor[a], minimum[a]) for a in range(3)]
+    if int(np.prod([c // d for c, d in zip(crop, divisor)])) < 2:  # a 1-voxel deepest map
+        whole = int(np.argmin(g))
+        if median[whole] >= 2 * crop[whole]:
+            crop[whole] *= 2
+    crop_t = tuple(int(c) for c in crop)
+    padded = [AXIS_NAMES[a] for a in range(3) if g[a] * crop_t[a] > median[a]]
+    rule = (f"window = grid x crop fits the median case {tuple(int(m) for m in median)}: grid {g} "
+            f"({'given' if grid is not None else f'{max(g)}x{max(g)} over the in-plane axes'}), each crop edge the "
+            f"largest multiple of the stride {divisor} <= patch {tuple(int(p) for p in patch_size)} that fits, "
+            f"minimum {minimum}")
+    if padded:
+        rule += f"; the window exceeds the median case on axis {', '.join(padded)} (padded)"
+    return crop_t, g, rule  # type: ignore[return-value]
 
 
 def validate_crop_size(crop_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, int, int]:

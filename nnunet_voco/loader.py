@@ -54,8 +54,8 @@ class VoCoStream(IterableDataset):
         """One per-volume sample: the window is read once and every crop written once.
 
         Returns:
-            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32 tensors)
-            and ``overlaps`` ``(S, K)``.
+            dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32 tensors),
+            ``overlaps`` ``(S, K)`` and ``padding_share`` (0-d: share of the window that is padding).
         """
         layout = self.sampler.layout
         sample = self.sampler.sample_window(rng)
@@ -70,7 +70,8 @@ class VoCoStream(IterableDataset):
             transforms = draw_transforms(len(views), self.augment, generator, square=a == b)
         transform_into(views, out, transforms, self.inplane_axes)
         out = torch.from_numpy(out)
-        return {"bases": out[:k], "targets": out[k:], "overlaps": torch.from_numpy(sample["overlaps"])}
+        return {"bases": out[:k], "targets": out[k:], "overlaps": torch.from_numpy(sample["overlaps"]),
+                "padding_share": torch.tensor(sample["padding_share"], dtype=torch.float32)}
 
     def __iter__(self):
         info = get_worker_info()

@@ -11,8 +11,11 @@ def _normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 def _logits(targets: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     """ReLU-ed cosines of normalised embeddings per volume: (B,S,D), (B,K,D) -> (B,S,K)."""
-    # The upper clamp only removes rounding above 1, which could push log(1 - l + eps) below zero.
-    return torch.bmm(targets, bases.transpose(1, 2)).clamp(0.0, 1.0)
+    # Values are capped at 1 (float32 cosines of near-identical embeddings round to >= 1, and
+    # log(1 - l + eps) must stay finite), but the gradient is ReLU's: a hard clamp would pass none
+    # for every rounded-up cosine, which is the near-collapsed state where a run needs it most.
+    relu = torch.bmm(targets, bases.transpose(1, 2)).relu()
+    return relu - (relu - relu.clamp_max(1.0)).detach()
 
 
 def _prediction_terms(
@@ -100,8 +103,11 @@ class VoCoLoss(torch.nn.Module):
           stop-gradient bases), which is not implemented.
         - ``v1`` logits are the symmetrised mean of ReLU(cos(x^s, q^t)) and ReLU(cos(x^t, q^s)) and
           its negative term is l^2; ``v2`` uses ReLU(cos(x^s, q^t)) and -log(1 - l + eps).
-        - Logits are clamped to [0, 1]; the reference codes apply ReLU only. The upper clamp changes
-          nothing except cosines rounded above 1. ``eps`` is added, not used as a clamp, as in the code.
+        - Logit values are capped at 1 (the reference codes apply ReLU only); the cap changes only
+          cosines rounded above 1, and it is straight-through: the gradient is ReLU's everywhere
+          (a plain ``clamp(0, 1)`` blocks it for rounded-up cosines: with near-collapsed float32
+          embeddings 56-78 % of cosines round to >= 1 and a hard clamp kept 29-86 % of the float64
+          gradient norm). ``eps`` is added, not used as a clamp, as in the code.
         - All terms are computed in at least float32 with autocast disabled: half-precision inputs are
           cast up, float64 inputs are kept.
         - The v2 code applies Dropout1d to a 2-D matrix, which drops whole embeddings. That belongs to
@@ -130,6 +136,20 @@ class VoCoLoss(torch.nn.Module):
         self.reg_weight = reg_weight
         self.inter_weight = inter_weight
         self.eps = eps
+
+    @torch.no_grad()
+    def position_logits(self, student_targets: torch.Tensor, student_bases: torch.Tensor,
+                        teacher_targets: torch.Tensor, teacher_bases: torch.Tensor) -> torch.Tensor:
+        """The intra-volume logits the prediction term trains, ``(B, S, K)``, without gradient.
+
+        v2: ReLU(cos(student target, teacher base)); v1: their mean with ReLU(cos(teacher target,
+        student base)). The held-out position monitor (:mod:`nnunet_voco.monitor`) reads these.
+        """
+        x_s, q_s, x_t, q_t = (_normalise(t.float()) for t in (student_targets, student_bases, teacher_targets,
+                                                               teacher_bases))
+        if self.preset == "v1":
+            return 0.5 * (_logits(x_s, q_t) + _logits(x_t, q_s))
+        return _logits(x_s, q_t)
 
     def forward(
         self,

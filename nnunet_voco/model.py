@@ -97,6 +97,27 @@ class VoCoModel(nn.Module):
         return self.loss(st, sb, tt, tb, overlaps)
 
     @torch.no_grad()
+    def position_logits(self, targets: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
+        """Intra-volume logits ``(B, S, K)`` of a batch, in eval mode (no dropout), without gradient.
+
+        The projector's batch norms use batch statistics in eval mode too, so callers should pass
+        batches of the training batch's composition (B volumes of S targets and K bases).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            b, s, k = targets.shape[0], targets.shape[1], bases.shape[1]
+            crops = torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)])
+            emb = self.embed(crops)
+            teacher_emb = self.embed(crops, self.teacher_encoder) if self.teacher_encoder is not None else emb
+            student, teacher = self.projector(emb), self.teacher_projector(teacher_emb)
+            st, sb = student[: b * s].view(b, s, -1), student[b * s:].view(b, k, -1)
+            tt, tb = teacher[: b * s].view(b, s, -1), teacher[b * s:].view(b, k, -1)
+            return self.loss.position_logits(st, sb, tt, tb)
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """EMA step of the teacher towards the student (projector; also the encoder in v1)."""
         update_ema(self.projector, self.teacher_projector, momentum)

@@ -79,6 +79,14 @@ def window_origin(
     return np.clip(origin, low, high).astype(np.int64)
 
 
+def padding_share(shape: Sequence[int], origin: np.ndarray, window: Sequence[int]) -> float:
+    """Share of the window's voxels that lie outside a case of spatial ``shape`` (padding)."""
+    lo = np.maximum(np.asarray(origin), 0)
+    hi = np.minimum(np.asarray(origin) + np.asarray(window), np.asarray(shape))
+    inside = float(np.prod(np.clip(hi - lo, 0, None)))
+    return 1.0 - inside / float(np.prod(window))
+
+
 def read_window(data, origin: np.ndarray, window: Sequence[int]) -> np.ndarray:
     """Read ``data[:, origin:origin + window]`` (only that region) and pad what lies outside.
 
@@ -141,14 +149,18 @@ class WindowSampler:
         sources: :class:`nnunet_voco.nnunet.DatasetSource` objects (cases are pooled uniformly).
         layout: crop size, grid and number of targets.
         foreground_probability: see :func:`window_origin`.
+        cases: ``(source index, identifier)`` pairs to draw from; default every case of every source
+            (the loop passes the training cases, the held-out monitor the others).
     """
 
-    def __init__(self, sources: Sequence, layout: CropLayout, foreground_probability: float = 0.67):
+    def __init__(self, sources: Sequence, layout: CropLayout, foreground_probability: float = 0.67,
+                 cases: Sequence[tuple[int, str]] | None = None):
         self.sources = list(sources)
         self.layout = layout
         self.foreground_probability = foreground_probability
         self.base_offsets = geometry.base_crop_offsets(layout.crop_size, layout.grid)
-        self.cases = [(i, ident) for i, s in enumerate(self.sources) for ident in s.identifiers]
+        all_cases = [(i, ident) for i, s in enumerate(self.sources) for ident in s.identifiers]
+        self.cases = list(cases) if cases is not None else all_cases  # (source index, identifier)
         self._datasets: dict[int, object] = {}
 
     def __len__(self) -> int:
@@ -160,24 +172,34 @@ class WindowSampler:
             self._datasets[index] = self.sources[index].open()
         return self._datasets[index]
 
-    def sample_window(self, rng: np.random.Generator) -> dict:
+    def sample_window(self, rng: np.random.Generator, num_targets: int | None = None,
+                      case: tuple[int, str] | None = None) -> dict:
         """Read one window of a uniformly drawn case and place the target crops in it.
 
         Only the window is read from the memory-mapped case (never the whole case).
 
+        Args:
+            rng: generator.
+            num_targets: target crops (default: the layout's).
+            case: ``(source index, identifier)`` to read instead of a random case.
+
         Returns:
             dict with ``window`` ``(C, *window)`` float32, ``target_offsets`` ``(S, 3)``,
-            ``overlaps`` ``(S, K)`` (float32, rows sum to 1) and ``case`` (str).
+            ``overlaps`` ``(S, K)`` (float32, rows sum to 1), ``case`` (str), ``origin`` ``(3,)``
+            and ``padding_share`` (float: share of window voxels outside the case, i.e. padding;
+            the base crops tile the window, so this is their padding share too).
         """
-        source_index, identifier = self.cases[rng.integers(len(self.cases))]
+        source_index, identifier = case if case is not None else self.cases[rng.integers(len(self.cases))]
         data, _, _, properties = self._dataset(source_index).load_case(identifier)
         window = self.layout.window
         origin = window_origin(data.shape[1:], window, properties, self.foreground_probability, rng)
         window_array = read_window(data, origin, window)
-        target_offsets = geometry.sample_target_offsets(window, self.layout.crop_size, self.layout.num_targets, rng)
+        n = self.layout.num_targets if num_targets is None else num_targets
+        target_offsets = geometry.sample_target_offsets(window, self.layout.crop_size, n, rng)
         overlaps = geometry.overlap_matrix(target_offsets, self.base_offsets, self.layout.crop_size)
         return {"window": window_array, "target_offsets": target_offsets, "overlaps": overlaps,
-                "case": f"{self.sources[source_index].name}/{identifier}"}
+                "case": f"{self.sources[source_index].name}/{identifier}", "origin": origin,
+                "padding_share": padding_share(data.shape[1:], origin, window)}
 
     def sample(self, rng: np.random.Generator) -> dict:
         """One VoCo sample from a uniformly drawn case.

@@ -41,17 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--gradient_checkpointing", action="store_true", help="Swin: recompute activations to save memory")
     add("--num_steps", type=int, default=d.num_steps,
         help="optimiser steps. Default %(default)s; the official runs used 250k (v1) and up to 2M (v2) steps on "
-             "thousands of CTs; a few thousand steps already help small datasets")
+             "thousands of CTs. Watch the held-out position accuracy (log, metrics.jsonl, progress.png) to see "
+             "whether more steps still help")
     add("--warmup_steps", type=int, default=None, help="linear warm-up steps. Default: min(5000, num_steps/20)")
     add("--batch_size", type=int, default=None,
         help="volumes per step per process. Default: derived from the plans' batch size so that a step fits "
              "nnU-Net's GPU-memory target (printed at start)")
     add("--num_targets", type=int, default=d.num_targets, help="target crops per volume. Default %(default)s")
     add("--grid", type=int, nargs=3, default=None, metavar=("GX", "GY", "GZ"),
-        help="base-crop grid. Default: 3x3 over the two in-plane axes, 1 on the coarse axis (TPAMI recipe)")
+        help="base-crop grid. Default: 3x3 over the two in-plane axes, 1 on the other (TPAMI recipe); 2x2 when "
+             "3x3 crops of the minimum size do not fit the median case. Isotropic data: the shortest axis is "
+             "left whole")
     add("--crop_size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
-        help="crop size in voxels. Default: the configuration's patch size; must be divisible by the encoder's "
-             "total stride. Smaller crops save memory")
+        help="crop size in voxels. Default: fitted to the data, so that the window (grid x crop) fits inside the "
+             "median case: per axis the largest multiple of the encoder's total stride that fits, at most the "
+             "patch size, at least max(stride, 16) (the rule and result are printed). Must be divisible by the "
+             "encoder's total stride")
     add("--lr", type=float, default=d.lr, help="peak AdamW learning rate. Default %(default)s (official); "
         "lower it if the positive loss diverges")
     add("--min_lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine. Default %(default)s")
@@ -80,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast precision. Default bf16 on CUDA, fp32 elsewhere (the loss is always fp32)")
     add("--compile", action="store_true", help="torch.compile the encoder (CUDA)")
     add("--channels_last", action="store_true", help="channels_last_3d memory format (CUDA)")
+    add("--val_cases", type=int, default=d.val_cases,
+        help="cases held out of training for the position monitor (deterministic, listed in config.json); "
+             "0 disables it. Default %(default)s")
+    add("--val_every", type=int, default=d.val_every,
+        help="steps between held-out evaluations (also at step 0 and at the end). Default %(default)s")
+    add("--val_windows", type=int, default=d.val_windows,
+        help="fixed held-out windows evaluated each time (4 target crops each). Default %(default)s")
     add("--seed", type=int, default=d.seed, help="random seed. Default %(default)s")
     add("--save_every", type=int, default=d.save_every, help="steps between checkpoint_latest.pth writes")
     add("--log_every", type=int, default=d.log_every, help="steps between metric rows")
@@ -101,8 +113,13 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``voco_pretrain``; returns the exit code (0 done, 1 training failed, 2 bad input or folder in
+    use by another run, 3 disk full / not writable, 128 + signal when interrupted)."""
     from nnunet_voco.checkpoint import CheckpointError
     from nnunet_voco.discovery import ensure_startup_hook
+    from nnunet_voco.disk_errors import EXIT_CODE as DISK_EXIT_CODE
+    from nnunet_voco.disk_errors import DiskWriteError, disk_write_error
+    from nnunet_voco.folder_lock import release_all
     from nnunet_voco.nnunet import UserInputError
 
     args = build_parser().parse_args(argv)
@@ -111,9 +128,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_pretraining(config_from_args(args))
+    except DiskWriteError as e:
+        print(f"voco_pretrain: error: {e}", file=sys.stderr)
+        return DISK_EXIT_CODE
     except (UserInputError, ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"voco_pretrain: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write no handler above knew of: still one line if the disk is the cause
+        disk = disk_write_error(e, e.filename) if e.filename else None
+        if disk is None:
+            raise
+        print(f"voco_pretrain: error: {disk}", file=sys.stderr)
+        return DISK_EXIT_CODE
     except TrainingAborted as e:
         print(f"voco_pretrain: error: {e}", file=sys.stderr)
         return 1
@@ -122,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the training loop took over the signal
         print("voco_pretrain: interrupted before the first step; nothing to save", file=sys.stderr)
         return 130
+    finally:
+        release_all()  # the output folder's lock, on every way out
     return 0
 
 

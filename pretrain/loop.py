@@ -20,15 +20,13 @@ from tqdm import tqdm
 
 from nnunet_voco import geometry
 from nnunet_voco.augment import AugmentConfig, augment_crops
-from nnunet_voco.ema import momentum_at
 from nnunet_voco.encoders import build_encoder
 from nnunet_voco.loader import VoCoStream, make_loader
 from nnunet_voco.loss import VoCoLoss
 from nnunet_voco.model import VoCoModel
+from nnunet_voco.monitor import HeldOutWindows, LearningGuard, evaluate, split_cases
 from nnunet_voco.nnunet import UserInputError, open_datasets, voco_output_folder
-from nnunet_voco.progress_plot import plot_progress
 from nnunet_voco.sampling import CropLayout, WindowSampler
-from nnunet_voco.schedule import lr_at
 from nnunet_voco.pretrain import outputs
 from nnunet_voco.pretrain.distributed import StopRequest, autocast, autocast_dtype, init_context
 
@@ -70,39 +68,57 @@ def account_nonfinite(flags: list[bool], step: int, streak: int, config, log, la
     return streak
 
 
-def warn_small_cases(sources, crop_size, log, limit: int = 256) -> None:
-    """Log once per run how many cases are smaller than a crop on some axis (they are padded).
+def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, int]]]:
+    """Spatial shapes of the cases (an evenly spaced subset of ``limit`` for large pools).
 
-    Reads only array headers through nnU-Net's dataset classes; for large pools an evenly spaced
-    subset of ``limit`` cases is checked.
+    Reads only array headers through nnU-Net's dataset classes (blosc2/numpy memory maps).
     """
     cases = [(s, ident) for s in sources for ident in s.identifiers]
     checked = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(limit, len(cases))).astype(int))]
     datasets = {id(s): s.open() for s in sources}
-    small = [(f"{s.name}/{ident}", tuple(datasets[id(s)].load_case(ident)[0].shape[1:])) for s, ident in checked]
-    small = [(name, shape) for name, shape in small if any(a < c for a, c in zip(shape, crop_size))]
+    return [(f"{s.name}/{ident}", tuple(int(v) for v in datasets[id(s)].load_case(ident)[0].shape[1:]))
+            for s, ident in checked]
+
+
+def warn_small_cases(shapes, crop_size, log) -> None:
+    """Log once per run how many cases are smaller than a crop on some axis (they are padded)."""
+    small = [(name, shape) for name, shape in shapes if any(a < c for a, c in zip(shape, crop_size))]
     if small:
-        log(f"VoCo: warning: {len(small)} of {len(checked)} checked cases are smaller than the crop {tuple(crop_size)} "
+        log(f"VoCo: warning: {len(small)} of {len(shapes)} checked cases are smaller than the crop {tuple(crop_size)} "
             f"on some axis and get padded with their minimum (first: {small[0][0]} {small[0][1]}); pass a smaller "
             f"--crop_size if that is much of the data")
 
 
-def resolve_layout(config, configuration_manager, divisor, log) -> CropLayout:
-    """Crop size (default: the plans' patch size), grid (default 3x3 in-plane) and targets."""
-    crop = tuple(config.crop_size or configuration_manager.patch_size)
-    if tuple(divisor) == (32, 32, 32) and config.crop_size is None:
-        from nnunet_voco.encoders.swin import swin_patch_size
+def resolve_layout(config, configuration_manager, divisor, median_shape) -> tuple[CropLayout, str]:
+    """Crop size and grid (fitted to the median case unless given) and the number of targets.
 
-        rounded = tuple(swin_patch_size(crop))  # the same patch nnUNetTrainerVoCoSwin fine-tunes on
-        if rounded != crop:
-            log(f"VoCo: crop size {crop} rounded to multiples of 32 for the Swin encoder: {rounded}")
-        crop = rounded
-    crop = geometry.validate_crop_size(crop, divisor)
-    grid = tuple(config.grid or geometry.default_grid(configuration_manager.spacing))
+    Returns:
+        The layout and a one-line account of the rule that produced it (printed at start).
+    """
+    patch = tuple(configuration_manager.patch_size)
+    if config.crop_size is None:
+        crop, grid, rule = geometry.fitted_layout(median_shape, patch, configuration_manager.spacing, divisor,
+                                                  config.grid)
+    else:
+        crop = geometry.validate_crop_size(config.crop_size, divisor)
+        grid = tuple(config.grid or geometry.default_grid(configuration_manager.spacing, 3, median_shape))
+        rule = f"crop size {crop} given (--crop_size), grid {grid} {'given' if config.grid else '(3x3 in-plane)'}"
     geometry.window_size(crop, grid)  # validates the grid
     if config.num_targets < 1:
         raise UserInputError(f"--num_targets {config.num_targets} must be >= 1")
-    return CropLayout(crop, grid, config.num_targets)
+    return CropLayout(tuple(crop), tuple(grid), config.num_targets), rule
+
+
+def held_out_count(config, num_cases: int, log) -> int:
+    """Cases to hold out for the monitor: ``--val_cases``, but never the last training case."""
+    if config.val_cases < 0 or config.val_every < 1 or config.val_windows < 1:
+        raise UserInputError(f"--val_cases {config.val_cases}, --val_every {config.val_every} and --val_windows "
+                             f"{config.val_windows} must be >= 0, >= 1 and >= 1")
+    n = min(config.val_cases, num_cases - 1)
+    if n < config.val_cases:
+        log(f"VoCo: warning: only {num_cases} case(s): holding out {n} instead of --val_cases {config.val_cases}"
+            + ("; the held-out position monitor is off" if n == 0 else ""))
+    return max(n, 0)
 
 
 def resolve_batch_size(config, configuration_manager, layout: CropLayout) -> int:
@@ -175,18 +191,19 @@ def run_pretraining(config) -> str:
     sources = open_datasets(config.datasets, config.plans, config.configuration)
     first = sources[0]
     folder = config.output_folder or voco_output_folder(first.name, config.plans, config.configuration)
-    log = outputs.RunLog(folder, enabled=ctx.is_main)
+    torch.manual_seed(config.seed + ctx.rank)  # the encoder's initialisation too: seeds give matched arms
     bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager, first.num_input_channels,
                            config.swin_feature_size, config.gradient_checkpointing)
-    layout = resolve_layout(config, first.configuration_manager, bundle.divisor, lambda *a: None)
+    shapes = case_shapes(sources)
+    median_shape = tuple(int(v) for v in np.median([shape for _, shape in shapes], axis=0))
+    layout, geometry_rule = resolve_layout(config, first.configuration_manager, bundle.divisor, median_shape)
     batch_size = resolve_batch_size(config, first.configuration_manager, layout)
-    resume_from = outputs.prepare_output_folder(folder, config)  # raises before anything is written
-    if ctx.is_main:
-        os.makedirs(folder, exist_ok=True)
-        outputs.remove_stale_temp_files(folder)  # left by a process killed while saving
-    ctx.barrier()
+    # one run per folder (exit 2 otherwise); raises before anything but the lock file is written
+    resume_from, folder_lock = outputs.claim_output_folder(folder, config, ctx)
     log = outputs.RunLog(folder, enabled=ctx.is_main)
-    resolve_layout(config, first.configuration_manager, bundle.divisor, log)
+    if folder_lock is not None and folder_lock.stale:
+        log(f"VoCo: warning: {folder_lock.stale}")
+    log(f"VoCo: geometry: {geometry_rule} (median of {len(shapes)} cases)")
 
     # ============ model, loss, optimiser ============
     torch.manual_seed(config.seed + ctx.rank)
@@ -204,10 +221,10 @@ def run_pretraining(config) -> str:
                                   fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
     amp_dtype = autocast_dtype(config.precision, ctx.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    step = outputs.load_state(resume_from, model, optimizer, scaler, config) if resume_from else 0
+    step, trained = outputs.load_state(resume_from, model, optimizer, scaler, config) if resume_from else (0, None)
     if resume_from and ctx.distributed:  # the state holds rank 0's RNG: give every rank its own stream again
         torch.manual_seed(int(np.random.SeedSequence([config.seed, ctx.rank, step]).generate_state(1)[0]))
-    history = log.truncate_metrics(step)  # also drops rows of a run that died before its first checkpoint
+    history = log.truncate_metrics(step if step else -1)  # also drops rows of a run that died before its first checkpoint
     train_model = model
     if ctx.distributed:
         ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
@@ -217,12 +234,25 @@ def run_pretraining(config) -> str:
 
     # ============ data ============
     warmup = config.warmup_steps if config.warmup_steps is not None else min(5000, config.num_steps // 20)
+    config, schedule = outputs.resume_schedule(config, trained, resume_from, step, warmup, log)  # --c: kept or redefined
     shift_prob = config.shift_prob if config.shift_prob is not None else (0.5 if preset == "v2" else 0.1)
     augment = AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, 0.1, config.scale_prob, 0.1)
-    coarse = int(np.argmax(first.configuration_manager.spacing))
-    inplane = tuple(a for a in range(3) if a != (coarse if len(set(first.configuration_manager.spacing)) > 1 else 0))
+    split = tuple(a for a in range(3) if layout.grid[a] > 1)
+    whole = geometry.unsplit_axis(first.configuration_manager.spacing, median_shape)
+    inplane = split if len(split) == 2 else tuple(a for a in range(3) if a != whole)  # rot90 plane
     on_device_aug = ctx.device.type == "cuda"
-    sampler = WindowSampler(sources, layout, config.foreground_probability)
+    all_cases = [(i, ident) for i, src in enumerate(sources) for ident in src.identifiers]
+    train_cases, val_cases = split_cases(all_cases, [src.name for src in sources], held_out_count(config, len(all_cases),
+                                                                                                     log))
+    sampler = WindowSampler(sources, layout, config.foreground_probability, train_cases)
+    monitor = None
+    if val_cases and ctx.is_main:
+        monitor = HeldOutWindows(WindowSampler(sources, layout, config.foreground_probability, val_cases),
+                                 config.val_windows)
+    guard = LearningGuard(log)
+    for row in history:  # a resumed run keeps judging against its own step 0
+        if "val_position_accuracy" in row:
+            guard.history.append(row)
     num_workers = config.num_workers if config.num_workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
     stream = VoCoStream(sampler, config.seed, ctx.rank, step, None if on_device_aug else augment, inplane)
     loader = make_loader(stream, batch_size, num_workers, pin_memory=ctx.device.type == "cuda")
@@ -230,9 +260,12 @@ def run_pretraining(config) -> str:
 
     if ctx.is_main:
         outputs.write_config(folder, config, {"batch_size": batch_size, "crop_size": layout.crop_size,
-                                              "grid": layout.grid, "warmup_steps": warmup, "world_size": ctx.world_size})
+                                              "grid": layout.grid, "warmup_steps": warmup, "world_size": ctx.world_size,
+                                              "median_case_shape": median_shape, "geometry_rule": geometry_rule,
+                                              "val_cases": [f"{sources[i].name}/{ident}" for i, ident in val_cases]})
     log(f"VoCo pre-training: preset {preset}, encoder {config.encoder} ({bundle.embedding_dim}-d embedding), "
-        f"datasets {', '.join(s.name for s in sources)} ({len(sampler)} cases), plans {config.plans}, "
+        f"datasets {', '.join(s.name for s in sources)} ({len(sampler)} training + {len(val_cases)} held-out cases), "
+        f"plans {config.plans}, "
         f"configuration {config.configuration}")
     log(f"VoCo: crop {layout.crop_size}, grid {layout.grid} ({layout.num_bases} base + {layout.num_targets} target "
         f"crops, window {layout.window}), {batch_size} volumes/step/process x {ctx.world_size} processes, "
@@ -242,13 +275,26 @@ def run_pretraining(config) -> str:
     elif config.continue_training:
         log(f"VoCo: warning: --c given but {folder} holds no checkpoint yet; starting a new run")
     if ctx.is_main:
-        warn_small_cases(sources, layout.crop_size, log)
+        warn_small_cases(shapes, layout.crop_size, log)
 
     # ============ training loop ============
     meta_fn = lambda s: outputs.encoder_meta(bundle.meta, sources, config, layout, s)  # noqa: E731
     stop = StopRequest().install()
-    timings = {"data": 0.0, "step": 0.0}
-    window, bad_streak = [], 0
+    timings = {"data": 0.0, "step": 0.0, "val": 0.0}
+    window, bad_streak, padding_warned = [], 0, False
+
+    def held_out_evaluation() -> None:
+        row = {"step": step, **evaluate(model, monitor, batch_size, ctx.device)}
+        timings["val"] += row["val_seconds"]
+        history.append(row)
+        log.metrics(row)
+        log(f"step {step}: held-out position accuracy {row['val_position_accuracy']:.3f} (chance "
+            f"{row['val_chance']:.3f}, best constant guess {row['val_prior']:.3f}), |logit - overlap| "
+            f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}", also_print=False)
+        guard(row)
+
+    if monitor is not None and step == 0:
+        held_out_evaluation()
     bar = tqdm(total=config.num_steps, initial=step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
                mininterval=1.0, file=sys.stdout)
     data_iter = iter(loader)
@@ -264,15 +310,16 @@ def run_pretraining(config) -> str:
                 break  # Ctrl-C reaches the whole process group, data workers included
             t1 = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, config.lr, warmup, config.num_steps, config.min_lr)
+                group["lr"] = schedule.lr_at(step)
             stats = train_step(train_model, batch, optimizer, scaler, ctx, amp_dtype, config,
                                augment if on_device_aug else None, generator, inplane)
             # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
-            model.update_teacher(momentum_at(step, config.num_steps, config.ema_momentum, config.ema_momentum_final))
+            model.update_teacher(schedule.momentum_at(step))
             step += 1
             timings["data"] += t1 - t0
             timings["step"] += time.perf_counter() - t1
-            window.append({k: stats[k] for k in LOGGED + ("finite",) if k in stats})
+            window.append({**{k: stats[k] for k in LOGGED + ("finite",) if k in stats},
+                           "padding_share": batch["padding_share"].float().mean()})
             bar.update(1)
             (stopping,) = ctx.any_rank(stop.signal is not None)  # every rank stops after the same step
             if step % config.log_every == 0 or step == config.num_steps:  # host sync: read the flags and losses
@@ -286,14 +333,21 @@ def run_pretraining(config) -> str:
                            "data_wait_share": timings["data"] / max(timings["data"] + timings["step"], 1e-9)}
                     history.append(row)
                     log.metrics(row)
+                    if row["padding_share"] > 0.25 and not padding_warned:
+                        padding_warned = True
+                        log(f"VoCo: warning: {100 * row['padding_share']:.0f}% of the base-crop voxels up to step "
+                            f"{step} are padding (window {layout.window}); the pretext degenerates on constant "
+                            f"crops: pass a smaller --crop_size or --grid")
                     bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
                     log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter",
                                                                                      "lr") if k in row), also_print=False)
+            if monitor is not None and (step % config.val_every == 0 or step == config.num_steps):
+                held_out_evaluation()
             if step % config.save_every == 0 and step < config.num_steps:
                 if ctx.is_main:
                     outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config,
                                        meta_fn(step))
-                    plot_progress(history, os.path.join(folder, "progress.png"))
+                    outputs.write_progress(folder, history)
         bar.close()
         # ============ stop, or export ============
         if stopping or stop.signal is not None:
@@ -312,12 +366,16 @@ def run_pretraining(config) -> str:
             outputs.save_state(os.path.join(folder, outputs.FINAL), step, model, optimizer, scaler, config, meta)
             outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config, meta)
             written = outputs.export_final(folder, bundle, meta, first)
-            plot_progress(history, os.path.join(folder, "progress.png"))
-            total = timings["data"] + timings["step"]
-            log(f"VoCo: finished {step} steps; data wait {100 * timings['data'] / max(total, 1e-9):.1f}% of the "
-                f"loop time; wrote {', '.join(os.path.basename(w) for w in written)} to {folder}")
+            outputs.write_progress(folder, history)
+            total = timings["data"] + timings["step"] + timings["val"]
+            log(f"VoCo: finished {step} steps; data wait {100 * timings['data'] / max(total, 1e-9):.1f}% and "
+                f"held-out monitor {100 * timings['val'] / max(total, 1e-9):.1f}% of the loop time; wrote "
+                f"{', '.join(os.path.basename(w) for w in written)} to {folder}")
+            log(f"VoCo: {guard.summary()}")
         clean = True
         return folder
     finally:
         stop.restore()
         ctx.close(clean)  # after an error on this rank: no barrier, the others may never reach it
+        if folder_lock is not None:
+            folder_lock.release()

@@ -66,3 +66,35 @@ def test_bad_grid_or_crop(kwargs, match):
 def test_crop_larger_than_window_is_refused():
     with pytest.raises(ValueError, match="axis z"):
         geometry.sample_target_offsets((8, 8, 4), (4, 4, 8), 1, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("median, patch, spacing, divisor, crop, grid", [
+    # chest CT planned at 2 mm (isotropic): the shortest axis stays whole, 3x3 over the other two
+    ((166, 180, 90), (160, 192, 80), (2.0, 2.0, 2.0), (32, 32, 16), (32, 32, 80), (3, 3, 1)),
+    # abdomen-like plan (3 x 0.8 x 0.8 mm): the coarse axis stays whole
+    ((100, 512, 512), (80, 192, 160), (3.0, 0.8, 0.8), (16, 32, 32), (80, 160, 160), (1, 3, 3)),
+    # the demo phantom: window = whole image
+    ((16, 48, 48), (16, 48, 48), (2.5, 1.0, 1.0), (4, 8, 8), (16, 16, 16), (1, 3, 3)),
+    # too small for 3x3 crops of the minimum size: 2x2
+    ((40, 40, 40), (40, 40, 40), (1.0, 1.0, 1.0), (8, 8, 8), (40, 16, 16), (1, 2, 2)),
+])
+def test_fitted_layout_fits_the_median_case(median, patch, spacing, divisor, crop, grid):
+    got_crop, got_grid, rule = geometry.fitted_layout(median, patch, spacing, divisor)
+    assert (got_crop, got_grid) == (crop, grid)
+    window = geometry.window_size(got_crop, got_grid)
+    assert all(w <= m for w, m in zip(window, median)) and "padded" not in rule
+    assert all(c <= p and c % d == 0 for c, p, d in zip(got_crop, patch, divisor))
+
+
+def test_fitted_layout_pads_only_when_nothing_fits():
+    crop, grid, rule = geometry.fitted_layout((20, 20, 20), (20, 20, 20), (1, 1, 1), (4, 4, 4))
+    assert grid == (1, 2, 2) and crop == (20, 16, 16) and "padded" in rule
+
+
+def test_fitted_layout_keeps_a_given_grid():
+    crop, grid, _ = geometry.fitted_layout((16, 48, 48), (16, 48, 48), (2.5, 1, 1), (4, 8, 8), grid=(1, 2, 2))
+    assert grid == (1, 2, 2) and crop == (16, 24, 24)
+
+
+def test_isotropic_data_leaves_the_shortest_axis_whole():
+    assert geometry.default_grid((1, 1, 1), 3, (200, 90, 180)) == (3, 1, 3)

@@ -137,3 +137,35 @@ def test_embedding_std_of_spread_embeddings_is_near_inverse_sqrt_dim() -> None:
     inputs = _random_inputs((8, 4, 16, 256), torch.float32, seed=5)
     std = VoCoLoss("v2")(*inputs)["embedding_std"].item()
     assert std == pytest.approx(1 / math.sqrt(256), rel=0.05)
+
+
+def _near_collapsed(shape: tuple[int, int, int, int], seed: int) -> list[torch.Tensor]:
+    """Float32 embeddings that are one common vector plus 1e-4 noise (a run close to collapse)."""
+    b, s, k, d = shape
+    gen = torch.Generator().manual_seed(seed)
+    common = torch.randn(d, generator=gen)
+    tensors = [common + 1e-4 * torch.randn(b, n, d, generator=gen) for n in (s, k, s, k)]
+    overlaps = torch.rand(b, s, k, generator=gen) * (torch.rand(b, s, k, generator=gen) < 0.5)
+    overlaps[..., 0] += 0.1
+    return tensors + [overlaps / overlaps.sum(-1, keepdim=True)]
+
+
+@pytest.mark.parametrize("preset", ["v1", "v2"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gradient_survives_cosines_rounded_to_one(preset: str, seed: int) -> None:
+    """Near collapse most float32 cosines round to >= 1; the gradient must still match float64."""
+    inputs32 = _near_collapsed((2, 2, 9, 256), seed)
+    inputs64 = [t.double() for t in inputs32]
+    grads = {}
+    for name, inputs in (("f32", inputs32), ("f64", inputs64)):
+        leaves = [t.clone().requires_grad_() for t in inputs[:2]]
+        out = VoCoLoss(preset)(*leaves, *inputs[2:])
+        assert torch.isfinite(out["loss"])
+        grads[name] = torch.cat([g.flatten() for g in torch.autograd.grad(out["loss"], leaves)]).double()
+    x = torch.nn.functional.normalize(inputs32[0], dim=-1)
+    q = torch.nn.functional.normalize(inputs32[3], dim=-1)
+    assert (torch.bmm(x, q.transpose(1, 2)) >= 1).float().mean() > 0.3  # the regime the test is about
+    ratio = grads["f32"].norm() / grads["f64"].norm()
+    cosine = torch.nn.functional.cosine_similarity(grads["f32"], grads["f64"], dim=0)
+    assert abs(ratio - 1) < 0.05, f"gradient norm ratio {ratio:.3f}"
+    assert cosine >= 0.99, f"gradient cosine {cosine:.4f}"

@@ -26,7 +26,16 @@ def test_outputs_exist_and_load_safely(pretrained_toy):
     assert meta["architecture"]["network_class_name"].endswith("PlainConvUNet")
     assert meta["crop_size"] == [8, 16, 16] and meta["grid"] == [1, 3, 3] and meta["num_input_channels"] == 1
     rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
-    assert [r["step"] for r in rows] == [2, 4] and all(r["loss"] > 0 for r in rows)
+    train = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train] == [2, 4] and all(r["loss"] > 0 for r in train)
+    assert all(0 <= r["padding_share"] <= 1 for r in train)
+    held_out = [r for r in rows if "val_position_accuracy" in r]
+    assert [r["step"] for r in held_out] == [0, 4]  # step 0 (untrained) and the end
+    for r in held_out:
+        assert 0 <= r["val_position_accuracy"] <= 1 and r["val_chance"] == pytest.approx(1 / 9)
+        assert r["val_chance"] <= r["val_prior"] <= 1
+    config = json.load(open(os.path.join(folder, "config.json")))
+    assert len(config["val_cases"]) == 2 and config["crop_size"] == [8, 16, 16] and config["grid"] == [1, 3, 3]
 
 
 def test_pretrained_network_fits_nnunets_stock_loader(pretrained_toy):
@@ -73,7 +82,8 @@ def test_resenc_m_plans_and_continue(planned_toy):
     out = run(args + ["--num_steps", "4", "--c"], env)
     assert "continuing from" in out.stdout and "at step 2" in out.stdout
     rows = [json.loads(line) for line in open(os.path.join(folder, "metrics.jsonl"))]
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows if "loss" in r] == [2, 4]
+    assert [r["step"] for r in rows if "val_position_accuracy" in r] == [0, 2, 4]  # resumed: no second step 0
     assert load_encoder(os.path.join(folder, "voco_encoder.pth"))[1]["steps"] == 4
 
 

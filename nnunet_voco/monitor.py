@@ -1,0 +1,175 @@
+"""Held-out position monitor: does VoCo pre-training teach the encoder anything?
+
+The VoCo loss [0, 1] is no learning signal on its own: the v2 total loss can *rise* while the
+encoder learns, because the target of its inter-volume term is the teacher's own, moving output;
+and users of both official codes report "loss not decreasing" without a way to check. The monitor
+measures the pretext task itself on data the run never trains on:
+
+* a few cases are held out of the training stream (:func:`split_cases`: deterministic, by a hash of
+  the case name, listed in ``config.json``);
+* a fixed set of windows is drawn from them once (:class:`HeldOutWindows`, fixed seed, the run's
+  crop layout, no augmentation), each with a few target crops;
+* at step 0 and every ``--val_every`` steps the model predicts, for every target crop, the base crop
+  it overlaps most (argmax of the intra-volume logits the prediction term trains).
+
+Metrics (:func:`position_metrics`):
+    ``val_position_accuracy``: share of target crops whose argmax-logit base is an argmax-overlap
+    base. ``val_chance``: 1/K, a uniform guess. ``val_prior``: the best constant guess on this set
+    (for a 3x3 grid the centre base is the argmax of about 1/4 of uniformly placed targets).
+    An *untrained* encoder already beats both by matching voxel content (crops that overlap share
+    voxels), so the step-0 value is the baseline to beat, not chance.
+    ``val_overlap_error``: mean |logit - overlap| over overlapping pairs (what the loss regresses).
+    ``val_logit_gap``: mean logit of overlapping minus non-overlapping pairs (0 at collapse).
+
+:class:`LearningGuard` turns the series into a one-time warning with a concrete suggestion when the
+accuracy has not risen above its step-0 value, or the gap collapses.
+
+References:
+    [0] VoCo, CVPR 2024, arXiv:2402.17300. [1] VoCo TPAMI extension, arXiv:2410.09890.
+    Neither official code has a held-out monitor; this is ours.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnunet_voco.sampling import WindowSampler, cut_crops
+
+MONITOR_SEED = 20240217  # fixed: the held-out windows are the same for every run seed
+
+
+def split_cases(cases: Sequence[tuple[int, str]], names: Sequence[str], n: int) -> tuple[list, list]:
+    """Deterministic hold-out: the ``n`` cases with the smallest hash of their name.
+
+    Args:
+        cases: ``(source index, identifier)`` pairs.
+        names: the dataset name of each source index.
+        n: number of cases to hold out (0 holds out none).
+
+    Returns:
+        ``(train, held_out)`` lists of pairs, in the input order.
+    """
+    if n <= 0:
+        return list(cases), []
+    key = {c: hashlib.sha1(f"{names[c[0]]}/{c[1]}".encode()).hexdigest() for c in cases}
+    held = set(sorted(cases, key=key.__getitem__)[:n])
+    return [c for c in cases if c not in held], [c for c in cases if c in held]
+
+
+def position_metrics(logits: np.ndarray, overlaps: np.ndarray) -> dict[str, float]:
+    """Position-prediction metrics of ``logits`` against ``overlaps``, both ``(N, S, K)``."""
+    logits, overlaps = np.asarray(logits, dtype=np.float64), np.asarray(overlaps, dtype=np.float64)
+    k = overlaps.shape[-1]
+    logits, overlaps = logits.reshape(-1, k), overlaps.reshape(-1, k)
+    best = overlaps.max(axis=1, keepdims=True)
+    is_best = overlaps >= best - 1e-6  # ties: a target centred on a boundary has several best bases
+    picked = logits.argmax(axis=1)
+    on = overlaps > 0
+    return {
+        "val_position_accuracy": float(is_best[np.arange(len(picked)), picked].mean()),
+        "val_overlap_error": float(np.abs(logits - overlaps)[on].mean()),
+        "val_logit_gap": float(logits[on].mean() - (logits[~on].mean() if (~on).any() else 0.0)),
+        "val_chance": 1.0 / k,
+        "val_prior": float(is_best.mean(axis=0).max()),
+    }
+
+
+class HeldOutWindows:
+    """A fixed set of windows from the held-out cases, re-read at every evaluation.
+
+    Only the window positions and target offsets are kept (memory stays small for large crops);
+    the windows are read again from the memory-mapped cases when evaluated.
+
+    Args:
+        sampler: a :class:`WindowSampler` over the held-out cases (same layout as training).
+        num_windows: windows in the set (spread over the held-out cases in turn).
+        num_targets: target crops per window.
+    """
+
+    def __init__(self, sampler: WindowSampler, num_windows: int, num_targets: int = 4):
+        self.sampler = sampler
+        rng = np.random.default_rng(MONITOR_SEED)
+        self.specs = []
+        for i in range(num_windows):
+            case = sampler.cases[i % len(sampler.cases)]
+            sample = sampler.sample_window(rng, num_targets, case)
+            self.specs.append((case, sample["origin"], sample["target_offsets"], sample["overlaps"]))
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def batches(self, batch_size: int):
+        """Yields ``(targets (B, S, C, *crop), bases (B, K, C, *crop), overlaps (B, S, K))`` numpy batches."""
+        from nnunet_voco.sampling import read_window
+
+        layout = self.sampler.layout
+        for start in range(0, len(self.specs), batch_size):
+            bases, targets, overlaps = [], [], []
+            for (source_index, identifier), origin, offsets, overlap in self.specs[start:start + batch_size]:
+                data = self.sampler._dataset(source_index).load_case(identifier)[0]
+                b, t = cut_crops(read_window(data, origin, layout.window), layout, offsets)
+                bases.append(b), targets.append(t), overlaps.append(overlap)
+            yield np.stack(targets), np.stack(bases), np.stack(overlaps)
+
+
+def evaluate(model, windows: HeldOutWindows, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Position metrics of ``model`` (a :class:`~nnunet_voco.model.VoCoModel`) on the held-out windows.
+
+    Batches have the training batch's number of volumes, so the projector's batch statistics are
+    computed over a batch like the ones it trains on. ``val_seconds`` is the wall time it took.
+    """
+    start = time.perf_counter()
+    logits, overlaps = [], []
+    for targets, bases, overlap in windows.batches(batch_size):
+        out = model.position_logits(torch.from_numpy(targets).to(device), torch.from_numpy(bases).to(device))
+        logits.append(out.float().cpu().numpy())
+        overlaps.append(overlap)
+    metrics = position_metrics(np.concatenate(logits), np.concatenate(overlaps))
+    metrics["val_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+class LearningGuard:
+    """Warns once when the held-out accuracy has not improved over step 0, and once on collapse.
+
+    Args:
+        log: the run's logger (``log(message)``).
+        min_gain: accuracy gain over step 0 below which a run counts as not learning.
+        patience: evaluations after step 0 before the plateau warning can fire.
+    """
+
+    def __init__(self, log, min_gain: float = 0.02, patience: int = 3):
+        self.log, self.min_gain, self.patience = log, min_gain, patience
+        self.history: list[dict] = []
+        self.warned: set[str] = set()
+
+    def __call__(self, row: dict) -> None:
+        self.history.append(row)
+        first, evals = self.history[0], len(self.history) - 1
+        best = max(r["val_position_accuracy"] for r in self.history[1:]) if evals else None
+        if (evals >= self.patience and "plateau" not in self.warned
+                and best < first["val_position_accuracy"] + self.min_gain):
+            self.warned.add("plateau")
+            self.log(f"VoCo: warning: held-out position accuracy {row['val_position_accuracy']:.3f} at step "
+                     f"{row['step']} is no better than the untrained encoder's {first['val_position_accuracy']:.3f} "
+                     f"(chance {row['val_chance']:.3f}); the encoder is not learning the pretext. Try more volumes "
+                     f"per step (--batch_size), another --lr (x3 up or down), or check padding_share in "
+                     f"metrics.jsonl")
+        if evals >= 1 and "collapse" not in self.warned and row["val_logit_gap"] < 0.01 <= first["val_logit_gap"]:
+            self.warned.add("collapse")
+            self.log(f"VoCo: warning: held-out logit gap fell to {row['val_logit_gap']:.4f} at step {row['step']} "
+                     f"(step 0: {first['val_logit_gap']:.4f}): the embeddings are collapsing; lower --lr or raise "
+                     f"--ema_momentum (e.g. 0.99)")
+
+    def summary(self) -> str:
+        """One line: held-out accuracy at the first and last evaluation, chance and prior."""
+        if not self.history:
+            return "held-out position monitor off (--val_cases 0)"
+        a, b = self.history[0], self.history[-1]
+        return (f"held-out position accuracy {a['val_position_accuracy']:.3f} (step {a['step']}) -> "
+                f"{b['val_position_accuracy']:.3f} (step {b['step']}), chance {b['val_chance']:.3f}, best constant "
+                f"guess {b['val_prior']:.3f}; logit gap {a['val_logit_gap']:.3f} -> {b['val_logit_gap']:.3f}")
