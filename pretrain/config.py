@@ -9,6 +9,9 @@ IDENTITY_FIELDS = (
     "datasets", "plans", "configuration", "preset", "encoder", "swin_feature_size", "crop_size", "grid",
     "num_targets", "head_dim",
 )
+# Fields that shape the learning-rate / momentum schedule: --c refuses other values (--num_steps may
+# change: that redefines the schedule from the resume step, see nnunet_voco.run_schedule).
+SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_steps", "ema_momentum", "ema_momentum_final")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +29,8 @@ class PretrainConfig:
     warmup_steps: Optional[int] = None  # default min(5000, num_steps // 20)
     batch_size: Optional[int] = None  # volumes per step per process; default from the plans' batch size
     num_targets: int = 2  # target crops per volume
-    grid: Optional[tuple[int, int, int]] = None  # base grid; default 3x3 in-plane, 1 on the coarse axis
-    crop_size: Optional[tuple[int, int, int]] = None  # default: the configuration's patch size
+    grid: Optional[tuple[int, int, int]] = None  # base grid; default 3x3 in-plane (2x2 if 3x3 does not fit)
+    crop_size: Optional[tuple[int, int, int]] = None  # default: fitted so the window fits the median case
     lr: float = 1e-4  # peak AdamW learning rate (official: 1e-4)
     min_lr: float = 1e-6  # end of the cosine decay
     weight_decay: float = 0.01  # AdamW weight decay (official: torch default 0.01)
@@ -51,6 +54,9 @@ class PretrainConfig:
     precision: Optional[str] = None  # bf16 | fp16 | fp32; default bf16 on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the encoder
     channels_last: bool = False  # channels_last_3d memory format (CUDA)
+    val_cases: int = 2  # cases held out for the position monitor (0: off)
+    val_every: int = 500  # steps between held-out evaluations (and one at step 0)
+    val_windows: int = 24  # fixed held-out windows (4 target crops each)
     seed: int = 0
     save_every: int = 500  # steps between checkpoint_latest.pth writes
     log_every: int = 10  # steps between log lines / metrics.jsonl rows (the only host syncs)
@@ -58,6 +64,7 @@ class PretrainConfig:
     continue_training: bool = False  # --c
     overwrite: bool = False  # start fresh in a folder that holds another run
     output_folder: Optional[str] = None  # default $nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>
+    schedule: Optional[dict] = None  # resolved RunSchedule.to_dict(), set by the loop (no flag); kept in checkpoints
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
