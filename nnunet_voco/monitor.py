@@ -20,6 +20,8 @@ Metrics (:func:`position_metrics`):
     voxels), so the step-0 value is the baseline to beat, not chance.
     ``val_overlap_error``: mean |logit - overlap| over overlapping pairs (what the loss regresses).
     ``val_logit_gap``: mean logit of overlapping minus non-overlapping pairs (0 at collapse).
+    ``val_overlap_hit``: share of target crops whose argmax-logit base overlaps them at all (a
+    coarser skill than the exact position); ``val_overlap_hit_chance`` is its uniform-guess value.
 
 :class:`LearningGuard` turns the series into a one-time warning with a concrete suggestion when the
 accuracy has not risen above its step-0 value, or the gap collapses.
@@ -75,6 +77,8 @@ def position_metrics(logits: np.ndarray, overlaps: np.ndarray) -> dict[str, floa
         "val_logit_gap": float(logits[on].mean() - (logits[~on].mean() if (~on).any() else 0.0)),
         "val_chance": 1.0 / k,
         "val_prior": float(is_best.mean(axis=0).max()),
+        "val_overlap_hit": float(on[np.arange(len(picked)), picked].mean()),
+        "val_overlap_hit_chance": float(on.mean()),
     }
 
 
@@ -172,4 +176,6 @@ class LearningGuard:
         a, b = self.history[0], self.history[-1]
         return (f"held-out position accuracy {a['val_position_accuracy']:.3f} (step {a['step']}) -> "
                 f"{b['val_position_accuracy']:.3f} (step {b['step']}), chance {b['val_chance']:.3f}, best constant "
-                f"guess {b['val_prior']:.3f}; logit gap {a['val_logit_gap']:.3f} -> {b['val_logit_gap']:.3f}")
+                f"guess {b['val_prior']:.3f}; logit gap {a['val_logit_gap']:.3f} -> {b['val_logit_gap']:.3f}; argmax base "
+                f"overlaps the target {a.get('val_overlap_hit', float('nan')):.3f} -> {b.get('val_overlap_hit', float('nan')):.3f} (chance "
+                f"{b.get('val_overlap_hit_chance', float('nan')):.3f})")

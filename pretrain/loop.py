@@ -290,7 +290,8 @@ def run_pretraining(config) -> str:
         log.metrics(row)
         log(f"step {step}: held-out position accuracy {row['val_position_accuracy']:.3f} (chance "
             f"{row['val_chance']:.3f}, best constant guess {row['val_prior']:.3f}), |logit - overlap| "
-            f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}", also_print=False)
+            f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}, argmax base overlaps the target "
+            f"{row['val_overlap_hit']:.3f} (chance {row['val_overlap_hit_chance']:.3f})", also_print=False)
         guard(row)
 
     if monitor is not None and step == 0:
