@@ -2,7 +2,7 @@
 
 Example::
 
-    voco_demo                      # ~15 min on 2 CPU cores, work folder ./voco_demo_work
+    voco_demo                      # ~20 min on 2 idle CPU cores, work folder ./voco_demo_work
     voco_demo --quick              # ~3 min smoke run (CI)
     voco_demo --out /tmp/demo -device cuda
 
@@ -26,21 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="voco_demo",
         description="Run the whole nnunet-voco workflow offline on a SYNTHETIC CT-like phantom (not patient data): "
-                    "nnUNetv2_plan_and_preprocess, voco_preprocess_unlabeled (unlabelled pool), voco_pretrain, "
-                    "nnUNetv2_train with the VoCo trainer and the matched scratch trainer, nnUNetv2_predict on "
-                    "held-out cases and nnUNetv2_evaluate_folder; then print a Dice table and write "
-                    "results.json and a PNG figure. Running it again reuses finished stages.",
-        epilog="Outputs: DIR/default/ (or DIR/quick/) holds results.txt (the table), results.json, voco_demo.png, "
-               "predictions_{voco,scratch}/ and logs/<stage>.log; nnU-Net's folders are DIR/nnUNet_raw, "
-               "DIR/nnUNet_preprocessed and DIR/nnUNet_results. Fine-tuning uses fold 0 of a splits_final.json the "
-               "demo writes: all labelled cases train, the held-out cases are imagesTs.")
+                    "nnUNetv2_plan_and_preprocess, voco_preprocess_unlabeled (unlabelled pool), voco_pretrain on the "
+                    "pool only (with its held-out position monitor), then nnUNetv2_train for four arms with 3 seeds "
+                    "each: frozen VoCo encoder vs frozen random encoder (probe) and VoCo fine-tuning vs scratch. "
+                    "Prints the held-out position accuracy and the Dice tables (mean ± sd, per seed, with a verdict) "
+                    "and writes results.json and a PNG figure. Running it again reuses finished stages.",
+        epilog="Outputs: DIR/default/ (or DIR/quick/) holds results.txt (the tables), results.json, voco_demo.png and "
+               "logs/<stage>.log; nnU-Net's folders are DIR/nnUNet_raw, DIR/nnUNet_preprocessed and "
+               "DIR/nnUNet_results. The demo writes a splits_final.json of identical folds (training cases vs "
+               "held-out cases); the demo trainers use the fold number as the seed, and nnU-Net's final validation "
+               "(fold_SEED/validation/summary.json) gives the Dice.")
     parser.add_argument("--out", default="voco_demo_work", metavar="DIR",
                         help="work folder holding nnUNet_raw/_preprocessed/_results and the report "
                              "(default: ./voco_demo_work)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budget (~3 min on 2 CPU cores) for smoke tests; its Dice values mean little")
     parser.add_argument("-device", choices=("cpu", "cuda"), default=None,
-                        help="device for pre-training, training and prediction (default: cuda if available, else "
+                        help="device for pre-training and training (default: cuda if available, else "
                              "cpu). The budget is sized for CPU either way")
     args = parser.parse_args(argv)
 

@@ -1,5 +1,5 @@
-"""The figure of ``voco_demo``: a held-out slice with ground truth and both predictions, and the
-pre-training loss curves from ``metrics.jsonl``.
+"""The figure of ``voco_demo``: the held-out position accuracy of pre-training over its steps, the
+loss curves, and one held-out slice with the ground truth and every arm's prediction (first seed).
 """
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo_report import ARMS, CLASS_NAMES, LOSS_TERMS, read_metrics
-from nnunet_voco.demo_stages import DemoFolders
+from nnunet_voco.demo_report import CLASS_NAMES, LOSS_TERMS, read_metrics
+from nnunet_voco.demo_stages import ARMS, DemoFolders
 
 _COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8")  # liver, spleen, kidneys, spine
 _WINDOW_HU = (-250.0, 450.0)  # soft tissue to bone, so organs and vertebrae both read
@@ -45,9 +45,28 @@ def _overlay(ax, image: np.ndarray, label: np.ndarray | None, title: str) -> Non
     ax.axis("off")
 
 
-def _plot_losses(ax, rows: list[dict], steps: int) -> None:
+def _plot_monitor(ax, monitor: list[dict]) -> None:
+    if not monitor:
+        ax.text(0.5, 0.5, "no held-out monitor rows in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+        return
+    x = [r["step"] for r in monitor]
+    ax.plot(x, [r["val_position_accuracy"] for r in monitor], marker="o", linewidth=2.0,
+            label="held-out position accuracy")
+    for key, style, label in (("val_chance", ":", "chance (1/K)"), ("val_prior", "--", "best constant guess")):
+        if key in monitor[-1]:
+            ax.axhline(monitor[-1][key], linestyle=style, color="grey", label=label)
+    ax.set_xlabel("pre-training step")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_title("VoCo pretext task on held-out pool cases (metrics.jsonl)", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+
+
+def _plot_losses(ax, rows: list[dict]) -> None:
+    rows = [r for r in rows if "loss" in r]
     if not rows:
-        ax.text(0.5, 0.5, "no metrics.jsonl found", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no loss rows in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
         return
     x = [r["step"] for r in rows]
     for term in LOSS_TERMS:
@@ -56,17 +75,18 @@ def _plot_losses(ax, rows: list[dict], steps: int) -> None:
                     linewidth=2.0 if term == "loss" else 1.0)
     ax.set_xlabel("pre-training step")
     ax.set_ylabel("VoCo loss")
-    ax.set_title(f"VoCo pre-training losses (metrics.jsonl, {steps} steps)", fontsize=9)
-    ax.legend(fontsize=8, ncol=len(LOSS_TERMS), loc="upper right")
+    ax.set_title("VoCo pre-training losses", fontsize=9)
+    ax.legend(fontsize=7, ncol=len(LOSS_TERMS), loc="upper right")
     ax.grid(alpha=0.3)
 
 
 def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
     """Draws the demo figure and saves it as a PNG.
 
-    Top row: one axial slice of the first held-out case (the slice with the most classes) as CT,
-    with the ground truth, the VoCo-pretrained and the scratch prediction overlaid (titles give the
-    case's mean Dice). Bottom: the pre-training loss terms over the steps.
+    Top: the held-out position accuracy over the pre-training steps (with chance and the best
+    constant guess) and the loss terms. Bottom: one axial slice of the first held-out case (the slice
+    with the most classes) with the ground truth and each arm's prediction of the first seed, read
+    from nnU-Net's ``fold_SEED/validation`` (titles give that case's mean Dice).
 
     Args:
         folders: The preset's folders.
@@ -82,23 +102,28 @@ def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    case = folders.test_ids()[0]
-    image = _read(os.path.join(folders.raw_dataset, "imagesTs", f"{case}_0000.nii.gz"))
-    truth = _read(os.path.join(folders.raw_dataset, "labelsTs", f"{case}.nii.gz"))
+    case, seed = folders.heldout_ids()[0], folders.preset.seeds[0]
+    image = _read(os.path.join(folders.raw_dataset, "imagesTr", f"{case}_0000.nii.gz"))
+    truth = _read(os.path.join(folders.raw_dataset, "labelsTr", f"{case}.nii.gz"))
     z = pick_slice(truth)
-    fig = plt.figure(figsize=(12, 6.6), dpi=110)
-    grid = fig.add_gridspec(2, 4, height_ratios=(1.25, 0.75), hspace=0.35, top=0.9, bottom=0.08, left=0.06,
-                            right=0.98, wspace=0.05)
-    _overlay(fig.add_subplot(grid[0, 0]), image[z], None, f"held-out {case}, slice z={z}")
-    _overlay(fig.add_subplot(grid[0, 1]), image[z], truth[z], "ground truth")
-    for col, (arm, name) in enumerate(ARMS.items(), start=2):
-        prediction = _read(os.path.join(folders.predictions(arm), f"{case}.nii.gz"))
-        dice = results["dice"][arm]["per_case"].get(case)
-        _overlay(fig.add_subplot(grid[0, col]), image[z], prediction[z],
-                 f"{name}: mean Dice {'n/a' if dice is None else f'{dice:.3f}'}")
+    fig = plt.figure(figsize=(13, 7.2), dpi=100)
+    grid = fig.add_gridspec(2, 5, height_ratios=(0.85, 1.0), hspace=0.3, top=0.91, bottom=0.08, left=0.05,
+                            right=0.98, wspace=0.08)
+    _plot_monitor(fig.add_subplot(grid[0, :3]), results["pretraining"]["monitor"])
+    _plot_losses(fig.add_subplot(grid[0, 3:]), read_metrics(folders.pretrain_folder))
+    _overlay(fig.add_subplot(grid[1, 0]), image[z], truth[z], f"held-out {case}\nslice z={z}: ground truth")
+    for col, (arm, (_, label)) in enumerate(ARMS.items(), start=1):
+        prediction_path = os.path.join(folders.fold_folder(arm, seed), "validation", f"{case}.nii.gz")
+        ax = fig.add_subplot(grid[1, col])
+        if not os.path.isfile(prediction_path):
+            _overlay(ax, image[z], None, f"{label}\nno prediction")
+            continue
+        run = results["dice"][arm]["runs"].get(str(seed)) or {}
+        dice = (run.get("per_case") or {}).get(case)
+        _overlay(ax, image[z], _read(prediction_path)[z],
+                 f"{label}\nseed {seed}: mean Dice {'n/a' if dice is None else f'{dice:.3f}'}")
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(_COLOURS, CLASS_NAMES.values())],
-               loc="center", bbox_to_anchor=(0.5, 0.415), ncol=len(_COLOURS), fontsize=9, frameon=False)
-    _plot_losses(fig.add_subplot(grid[1, :]), read_metrics(folders.pretrain_folder), folders.preset.pretrain_steps)
+               loc="lower center", ncol=len(_COLOURS), fontsize=9, frameon=False)
     fig.suptitle(f"voco_demo ({folders.preset.name}): SYNTHETIC CT-like phantom, not patient data", fontsize=11)
     fig.savefig(path)
     plt.close(fig)

@@ -1,8 +1,9 @@
-"""The report of ``voco_demo``: Dice table, ``results.json`` and a PNG figure.
+"""The report of ``voco_demo``: tables, verdicts, ``results.json`` and a PNG figure.
 
-Inputs are the files the real commands left: ``summary.json`` of ``nnUNetv2_evaluate_folder`` per
-arm (VoCo-pretrained, scratch), nnU-Net's ``debug.json`` (the trainers' budget), the pre-training's
-``metrics.jsonl`` and the held-out images, labels and predictions.
+Inputs are the files the real commands left: nnU-Net's final-validation ``summary.json`` of every
+training run (``fold_SEED/validation``: mean Dice per class over the held-out cases), nnU-Net's
+``debug.json`` (the trainers' budget) and the pre-training's ``metrics.jsonl`` (its held-out
+position-monitor rows carry ``val_*`` keys).
 """
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo_stages import SYNTHETIC_NOTE, DemoFolders
+from nnunet_voco.demo_stages import ARMS, COMPARISONS, SYNTHETIC_NOTE, DemoFolders
 from nnunet_voco.phantom import LABELS
 
-ARMS = {"voco": "VoCo-pretrained", "scratch": "scratch"}
 CLASS_NAMES = {str(v): k for k, v in LABELS.items() if v > 0}
 LOSS_TERMS = ("loss", "pos", "neg", "reg", "inter")
+MONITOR_KEYS = ("val_position_accuracy", "val_overlap_error", "val_logit_gap", "val_chance", "val_prior")
 
 
 def _number(value: float | None) -> float | None:
@@ -29,7 +30,7 @@ def read_dice(summary_path: str) -> dict:
     """Mean Dice per class over the held-out cases from an nnU-Net ``summary.json``.
 
     Args:
-        summary_path: File written by ``nnUNetv2_evaluate_folder``.
+        summary_path: File written by nnU-Net's final validation (or ``nnUNetv2_evaluate_folder``).
 
     Returns:
         ``{"per_class": {name: dice}, "mean": foreground mean, "per_case": {case: mean dice}}``;
@@ -46,17 +47,6 @@ def read_dice(summary_path: str) -> dict:
             "mean": _number(summary["foreground_mean"]["Dice"]), "per_case": per_case}
 
 
-def _budget(fold_folder: str) -> dict:
-    """Epochs and iterations nnU-Net recorded for a training run (``debug.json``), or {}."""
-    path = os.path.join(fold_folder, "debug.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        debug = json.load(f)
-    keys = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch", "initial_lr")
-    return {k: debug[k] for k in keys if k in debug}
-
-
 def read_metrics(folder: str) -> list[dict]:
     """Rows of ``metrics.jsonl`` of a ``voco_pretrain`` run (empty if absent)."""
     path = os.path.join(folder, "metrics.jsonl")
@@ -66,8 +56,78 @@ def read_metrics(folder: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def monitor_rows(rows: list[dict]) -> list[dict]:
+    """The held-out position-monitor rows of ``metrics.jsonl`` (step plus the ``val_*`` keys)."""
+    return [{"step": r["step"], **{k: r[k] for k in MONITOR_KEYS if k in r}}
+            for r in rows if "val_position_accuracy" in r]
+
+
+def seed_stats(values: list[float | None]) -> dict:
+    """Mean and sample standard deviation over seeds (None entries are skipped).
+
+    Args:
+        values: One value per seed.
+
+    Returns:
+        ``{"mean", "sd", "n", "per_seed"}``; ``sd`` is 0.0 for one seed, ``mean`` None for none.
+    """
+    kept = [v for v in values if v is not None]
+    mean = float(np.mean(kept)) if kept else None
+    sd = float(np.std(kept, ddof=1)) if len(kept) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "n": len(kept), "per_seed": list(values)}
+
+
+def verdict(name: str, pretrained: dict, baseline: dict) -> dict:
+    """Says whether the VoCo arm beats its baseline: difference of means against 2 standard errors.
+
+    Args:
+        name: Comparison name ("frozen-encoder probe", ...).
+        pretrained: :func:`seed_stats` of the VoCo arm's mean Dice.
+        baseline: :func:`seed_stats` of the baseline arm's mean Dice.
+
+    Returns:
+        ``{"difference", "standard_error", "voco_better": bool, "text"}``.
+    """
+    if pretrained["mean"] is None or baseline["mean"] is None:
+        return {"difference": None, "standard_error": None, "voco_better": False,
+                "text": f"{name}: no Dice (a run is missing)"}
+    diff = pretrained["mean"] - baseline["mean"]
+    se = math.sqrt(pretrained["sd"] ** 2 / max(pretrained["n"], 1) + baseline["sd"] ** 2 / max(baseline["n"], 1))
+    if diff > 2 * se and pretrained["n"] > 1:
+        text = f"{name}: VoCo beats the baseline by {diff:+.3f} mean Dice (> 2 standard errors, {se:.3f})"
+    elif diff < -2 * se and pretrained["n"] > 1:
+        text = f"{name}: VoCo does NOT beat the baseline: it is worse by {diff:+.3f} (> 2 standard errors, {se:.3f})"
+    else:
+        text = (f"{name}: VoCo does NOT beat the baseline: difference {diff:+.3f} mean Dice is within 2 standard "
+                f"errors ({se:.3f}) over {pretrained['n']} seeds")
+    return {"difference": diff, "standard_error": se, "voco_better": bool(diff > 2 * se and pretrained["n"] > 1),
+            "text": text}
+
+
+def _arm_dice(folders: DemoFolders, arm: str) -> dict:
+    runs = {}
+    for seed in folders.preset.seeds:
+        path = folders.summary(arm, seed)
+        runs[str(seed)] = read_dice(path) if os.path.isfile(path) else None
+    per_class = {name: seed_stats([r["per_class"].get(name) if r else None for r in runs.values()])
+                 for name in CLASS_NAMES.values()}
+    return {"trainer": folders.trainer(arm), "runs": runs, "per_class": per_class,
+            "mean": seed_stats([r["mean"] if r else None for r in runs.values()])}
+
+
+def _budget(fold_folder: str) -> dict:
+    """Epochs, iterations and batch size nnU-Net recorded for a training run (``debug.json``), or {}."""
+    path = os.path.join(fold_folder, "debug.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        debug = json.load(f)
+    keys = ("num_epochs", "num_iterations_per_epoch", "batch_size", "initial_lr")
+    return {k: debug[k] for k in keys if k in debug}
+
+
 def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
-    """Gathers Dice, budgets, pre-training losses and stage costs into one JSON-ready dictionary.
+    """Gathers Dice, verdicts, the pre-training monitor and stage costs into one JSON-ready dictionary.
 
     Args:
         folders: The preset's folders.
@@ -77,26 +137,61 @@ def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
     Returns:
         The dictionary written to ``results.json``.
     """
-    metrics = read_metrics(folders.pretrain_folder)
+    rows = read_metrics(folders.pretrain_folder)
+    losses = [r for r in rows if "loss" in r]
+    dice = {arm: _arm_dice(folders, arm) for arm in ARMS}
+    p = folders.preset
     return {
-        "synthetic": True, "note": SYNTHETIC_NOTE, "preset": folders.preset.name, "device": device,
-        "dataset": folders.dataset, "pool": folders.pool, "test_cases": folders.test_ids(),
-        "dice": {arm: read_dice(os.path.join(folders.predictions(arm), "summary.json")) for arm in ARMS},
-        "trainers": {arm: folders.trainer(arm) for arm in ARMS},
-        "budget": {arm: _budget(folders.fold_folder(arm)) for arm in ARMS},
-        "pretraining": {"steps": folders.preset.pretrain_steps, "folder": folders.pretrain_folder,
-                        "first_loss": metrics[0]["loss"] if metrics else None,
-                        "last_loss": metrics[-1]["loss"] if metrics else None},
+        "synthetic": True, "note": SYNTHETIC_NOTE, "preset": p.name, "device": device,
+        "dataset": folders.dataset, "pool": folders.pool, "train_cases": folders.train_ids(),
+        "heldout_cases": folders.heldout_ids(), "seeds": list(p.seeds), "dice": dice,
+        "verdicts": {f"{a}_vs_{b}": verdict(name, dice[a]["mean"], dice[b]["mean"]) for name, a, b in COMPARISONS},
+        "budget": _budget(folders.fold_folder("voco", p.seeds[0])),
+        "pretraining": {"steps": p.pretrain_steps, "lr": p.pretrain_lr, "folder": folders.pretrain_folder,
+                        "first_loss": losses[0]["loss"] if losses else None,
+                        "last_loss": losses[-1]["loss"] if losses else None, "monitor": monitor_rows(rows)},
         "stages": state["stages"],
     }
 
 
-def _cell(value: float | None) -> str:
-    return "   n/a" if value is None else f"{value:6.3f}"
+def monitor_text(monitor: list[dict]) -> str:
+    """One line on what the held-out position monitor says (step 0 vs the end, chance, prior)."""
+    if not monitor:
+        return "pre-training monitor: no held-out rows in metrics.jsonl (--val_cases 0?)"
+    first, last = monitor[0], monitor[-1]
+    nan = float("nan")
+    learned = "rose above" if last["val_position_accuracy"] > first["val_position_accuracy"] else "did NOT rise above"
+    return (f"pre-training monitor: held-out position accuracy {first['val_position_accuracy']:.3f} at step "
+            f"{first['step']} -> {last['val_position_accuracy']:.3f} at step {last['step']} (chance "
+            f"{last.get('val_chance', nan):.3f}, best constant guess {last.get('val_prior', nan):.3f}); it {learned} "
+            f"its step-0 value; logit gap {first.get('val_logit_gap', nan):.3f} -> "
+            f"{last.get('val_logit_gap', nan):.3f}")
+
+
+def _ms(stats: dict) -> str:
+    return "      n/a" if stats["mean"] is None else f"{stats['mean']:.3f}±{stats['sd']:.3f}"
+
+
+def _per_seed(stats: dict) -> str:
+    return " ".join("n/a" if v is None else f"{v:.3f}" for v in stats["per_seed"])
+
+
+def _comparison_lines(results: dict, name: str, a: str, b: str) -> list[str]:
+    da, db = results["dice"][a], results["dice"][b]
+    lines = [f"{name}: {da['trainer']} vs {db['trainer']} (mean ± sd over seeds {results['seeds']})",
+             f"  {'class':<10} {ARMS[a][1]:>22} {ARMS[b][1]:>22} {'difference':>11}"]
+    for cls in list(CLASS_NAMES.values()) + ["mean"]:
+        sa, sb = (da["mean"], db["mean"]) if cls == "mean" else (da["per_class"][cls], db["per_class"][cls])
+        diff = "n/a" if sa["mean"] is None or sb["mean"] is None else f"{sa['mean'] - sb['mean']:+.3f}"
+        lines.append(f"  {cls:<10} {_ms(sa):>22} {_ms(sb):>22} {diff:>11}")
+    lines.append(f"  per-seed mean Dice: {ARMS[a][1]} [{_per_seed(da['mean'])}], {ARMS[b][1]} "
+                 f"[{_per_seed(db['mean'])}]")
+    lines.append("  " + results["verdicts"][f"{a}_vs_{b}"]["text"])
+    return lines
 
 
 def format_table(results: dict) -> str:
-    """The printed summary: Dice per class (pretrained vs scratch) and wall time per stage.
+    """The printed summary: monitor, both Dice comparisons with verdicts, and the cost of each stage.
 
     Args:
         results: From :func:`collect_results`.
@@ -104,29 +199,29 @@ def format_table(results: dict) -> str:
     Returns:
         Multi-line text.
     """
-    voco, scratch = results["dice"]["voco"], results["dice"]["scratch"]
     lines = [f"VoCo demo, preset {results['preset']!r} ({results['device']}): SYNTHETIC phantom, not patient data",
-             f"Dice on {len(results['test_cases'])} held-out cases (nnUNetv2_evaluate_folder, mean over cases)",
-             f"  {'class':<10} {'VoCo-pretrained':>15} {'scratch':>9} {'difference':>11}"]
-    rows = [(name, voco["per_class"].get(name), scratch["per_class"].get(name)) for name in CLASS_NAMES.values()]
-    for name, a, b in rows + [("mean", voco["mean"], scratch["mean"])]:
-        diff = "       n/a" if a is None or b is None else f"{a - b:+10.3f}"
-        lines.append(f"  {name:<10} {_cell(a):>15} {_cell(b):>9} {diff:>11}")
-    budget = results["budget"]["voco"]
+             f"Dice = nnU-Net's final validation on {len(results['heldout_cases'])} held-out cases (mean over cases), "
+             f"per seed; pre-training saw only the unlabelled pool",
+             monitor_text(results["pretraining"]["monitor"])]
+    for name, a, b in COMPARISONS:
+        lines += _comparison_lines(results, name, a, b)
+    if not any(v["voco_better"] for v in results["verdicts"].values()):
+        lines.append("VoCo does not beat its baseline in either comparison here; see the monitor line above.")
+    budget = results["budget"]
     if budget:
-        lines.append(f"Fine-tuning budget (both arms): {budget['num_epochs']} epochs x "
-                     f"{budget['num_iterations_per_epoch']} iterations; pre-training "
-                     f"{results['pretraining']['steps']} steps")
+        lines.append(f"Budget (every arm): {budget.get('num_epochs')} epochs x "
+                     f"{budget.get('num_iterations_per_epoch')} iterations, batch size {budget.get('batch_size')}; "
+                     f"pre-training {results['pretraining']['steps']} steps")
     lines += ["Time per stage, from the run that made its outputs (CPU s: all its processes; load: 1-min load",
               f"average at its end on this {os.cpu_count()}-CPU machine; other work on the machine inflates wall s)",
-              f"  {'stage':<17} {'wall s':>7} {'CPU s':>7} {'load':>5}  status"]
+              f"  {'stage':<22} {'wall s':>7} {'CPU s':>7} {'load':>5}  status"]
     wall_total = cpu_total = 0.0
     for key, record in results["stages"].items():
         wall, cpu, load = (record.get(k) for k in ("wall_s", "cpu_s", "load_avg"))
         wall_total, cpu_total = wall_total + (wall or 0.0), cpu_total + (cpu or 0.0)
         status = "reused" if record.get("reused") else "ran"
-        lines.append(f"  {key:<17} {_fixed(wall):>7} {_fixed(cpu):>7} {_fixed(load):>5}  {status}")
-    lines.append(f"  {'total':<17} {wall_total:>7.1f} {cpu_total:>7.1f} {'':>5}  (runs that made the outputs)")
+        lines.append(f"  {key:<22} {_fixed(wall):>7} {_fixed(cpu):>7} {_fixed(load):>5}  {status}")
+    lines.append(f"  {'total':<22} {wall_total:>7.1f} {cpu_total:>7.1f} {'':>5}  (runs that made the outputs)")
     return "\n".join(lines)
 
 
@@ -151,8 +246,8 @@ def write_report(folders: DemoFolders, state: dict, device: str) -> dict:
     results["figure"] = plot_demo_figure(folders, results, os.path.join(folders.run, "voco_demo.png"))
     results["table"] = os.path.join(folders.run, "results.txt")
     table = format_table(results)
-    print("\n" + table + f"\nFigure: {results['figure']}\nResults: {os.path.join(folders.run, 'results.json')}",
-          flush=True)
+    print("\n" + table + f"\n{SYNTHETIC_NOTE}\nFigure: {results['figure']}\n"
+          f"Results: {os.path.join(folders.run, 'results.json')}", flush=True)
     with open(results["table"], "w", encoding="utf-8") as f:
         f.write(table + "\n")
     with open(os.path.join(folders.run, "results.json"), "w", encoding="utf-8") as f:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from nnunet_voco.demo_stages import PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
+from nnunet_voco.demo_stages import ARMS, PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
 
 
 def _executable(name: str) -> str:
@@ -133,13 +133,15 @@ def _describe(folders: DemoFolders, device: str) -> str:
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc", "nnUNet_n_proc_DA",
              "nnUNet_compile")
     exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in names)
+    arms = ", ".join(f"{folders.trainer(a)} ({label})" for a, (_, label) in ARMS.items())
     return (f"{SYNTHETIC_NOTE}\n"
             f"Preset {p.name!r} on {device}: phantom {'x'.join(map(str, p.shape))} voxels (z, y, x); "
-            f"{len(p.labelled_seeds)} labelled cases for fine-tuning, {len(p.test_seeds)} held-out test cases, "
-            f"{len(p.unlabelled_seeds)} unlabelled images for the pre-training pool; VoCo pre-training "
-            f"{p.pretrain_steps} steps on crops {'x'.join(map(str, p.crop_size))} (grid {'x'.join(map(str, p.grid))}); "
-            f"fine-tuning with {folders.trainer('voco')} vs {folders.trainer('scratch')} (same network, data and "
-            f"budget).\nEvery command below runs with:\n  export {exports}")
+            f"{len(p.train_seeds)} labelled training cases, {len(p.heldout_seeds)} held-out labelled cases (nnU-Net's "
+            f"validation cases), {len(p.unlabelled_seeds)} unlabelled pool images for pre-training (of which "
+            f"{p.val_cases} held out for the position monitor); VoCo pre-training {p.pretrain_steps} steps (lr "
+            f"{p.pretrain_lr:g}) on crops {'x'.join(map(str, p.crop_size))} (grid {'x'.join(map(str, p.grid))}); "
+            f"then {arms}, each with seeds (folds) {', '.join(map(str, p.seeds))}.\n"
+            f"Every command below runs with:\n  export {exports}")
 
 
 def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> dict:
@@ -148,7 +150,7 @@ def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> di
     Args:
         work: Work folder; created if missing. nnU-Net's three folders live inside it.
         preset_name: A key of :data:`nnunet_voco.demo_stages.PRESETS` ("default" or "quick").
-        device: ``cpu`` or ``cuda`` for pre-training, training and prediction.
+        device: ``cpu`` or ``cuda`` for pre-training and training.
 
     Returns:
         The results dictionary also written to ``<work>/<preset>/results.json``.

@@ -12,8 +12,10 @@ import pytest
 
 from conftest import run
 from nnunet_voco.demo_figure import pick_slice
-from nnunet_voco.demo_report import format_table, read_dice
-from nnunet_voco.demo_stages import PRESETS, DemoFolders, Stage, build_stages, write_splits
+from nnunet_voco.demo_report import CLASS_NAMES, format_table, monitor_rows, read_dice, seed_stats, verdict
+from nnunet_voco.demo_stages import (ARMS, COMPARISONS, N_SPLIT_FOLDS, PRESETS, DemoFolders, Stage, build_stages,
+                                     write_splits)
+from nnunet_voco.trainers.demo_trainers import DEMO_BUDGET
 from nnunet_voco.demo_workflow import load_state, run_stages
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -24,30 +26,45 @@ def folders(tmp_path) -> DemoFolders:
     return DemoFolders(str(tmp_path), PRESETS["quick"])
 
 
-def test_splits_train_on_all_labelled_cases(folders):
+def test_splits_are_identical_folds_of_training_vs_heldout_cases(folders):
     os.makedirs(os.path.join(folders.preprocessed, folders.dataset))
     write_splits(folders)
     with open(os.path.join(folders.preprocessed, folders.dataset, "splits_final.json")) as f:
         splits = json.load(f)
-    assert splits == [{"train": ["VoCoDemoQuick_0000", "VoCoDemoQuick_0001", "VoCoDemoQuick_0002"],
-                       "val": ["VoCoDemoQuick_0000"]}]
-    assert folders.test_ids() == ["VoCoDemoQuick_0003"]  # the phantom writer numbers test cases after training
+    fold = {"train": ["VoCoDemoQuick_0000", "VoCoDemoQuick_0001", "VoCoDemoQuick_0002"], "val": ["VoCoDemoQuick_0003"]}
+    assert splits == [fold] * N_SPLIT_FOLDS and N_SPLIT_FOLDS >= 6  # folds 0-2 report, 3-5 tuning
+    assert folders.heldout_ids() == ["VoCoDemoQuick_0003"]  # the phantom writer numbers them after training
 
 
 def test_stages_order_commands_and_matched_trainers(folders):
     stages = build_stages(folders, "cpu")
     keys = [s.key for s in stages]
-    assert keys == ["data", "plan", "pool", "pretrain", "train_voco", "predict_voco", "evaluate_voco",
-                    "train_scratch", "predict_scratch", "evaluate_scratch"]
+    assert keys == ["data", "plan", "pool", "pretrain", "train_frozen_voco_s0", "train_frozen_scratch_s0",
+                    "train_voco_s0", "train_scratch_s0"]
     for i, stage in enumerate(stages):
         assert set(stage.needs) <= set(keys[:i])
     by_key = {s.key: s for s in stages}
     assert by_key["data"].command(False)[:2] == ["python", "-c"] and by_key["data"].action is not None
-    assert by_key["pretrain"].command(False)[:4] == ["voco_pretrain", "-d", "812", "811"]
-    voco, scratch = by_key["train_voco"].command(False), by_key["train_scratch"].command(False)
-    assert voco == ["nnUNetv2_train", "811", "3d_fullres", "0", "-tr", "nnUNetTrainerVoCo_demoquick", "-device", "cpu"]
-    assert scratch == [c.replace("VoCo_", "VoCoScratch_") for c in voco]
-    assert "pretrain" not in by_key["train_scratch"].needs
+    pretrain = by_key["pretrain"].command(False)
+    assert pretrain[:4] == ["voco_pretrain", "-d", "832", "-device"]  # the pool only
+    assert pretrain[pretrain.index("--val_cases") + 1] == "1" and "--val_every" in pretrain
+    voco = by_key["train_voco_s0"].command(False)
+    assert voco == ["nnUNetv2_train", "831", "3d_fullres", "0", "-tr", "nnUNetTrainerVoCo_demoquick", "-device", "cpu"]
+    assert by_key["train_scratch_s0"].command(False)[5] == "nnUNetTrainerVoCoScratch_demoquick"
+    assert by_key["train_frozen_scratch_s0"].command(False)[5] == "nnUNetTrainerVoCoFrozenScratch_demoquick"
+    assert "pretrain" not in by_key["train_scratch_s0"].needs + by_key["train_frozen_scratch_s0"].needs
+    assert "pretrain" in by_key["train_frozen_voco_s0"].needs
+
+
+def test_default_preset_trains_four_arms_with_three_seeds(tmp_path):
+    folders = DemoFolders(str(tmp_path), PRESETS["default"])
+    trains = [s for s in build_stages(folders, "cpu") if s.key.startswith("train_")]
+    assert len(trains) == 12 and {s.command(False)[3] for s in trains} == {"0", "1", "2"}
+    assert {s.command(False)[5] for s in trains} == {f"{ARMS[a][0]}_demo" for a in ARMS}
+    p = PRESETS["default"]
+    assert not set(p.train_seeds + p.heldout_seeds) & set(p.unlabelled_seeds)
+    assert not set(p.train_seeds + p.heldout_seeds + p.unlabelled_seeds) & {*range(500, 506), *range(2000, 2006),
+                                                                             *range(300, 324)}  # tuning seeds
 
 
 def test_interrupted_runs_continue_and_changed_inputs_restart(folders):
@@ -56,10 +73,13 @@ def test_interrupted_runs_continue_and_changed_inputs_restart(folders):
     open(os.path.join(folders.pretrain_folder, "checkpoint_latest.pth"), "w").close()
     assert by_key["pretrain"].command(False)[-1] == "--c"
     assert by_key["pretrain"].command(True)[-1] == "--overwrite"
-    os.makedirs(folders.fold_folder("voco"))
-    open(os.path.join(folders.fold_folder("voco"), "checkpoint_latest.pth"), "w").close()
-    assert by_key["train_voco"].command(False)[-1] == "--c"
-    assert by_key["train_voco"].command(True)[-1] == "cpu"  # fresh: nnU-Net starts over
+    fold = folders.fold_folder("voco", 0)
+    os.makedirs(fold)
+    open(os.path.join(fold, "checkpoint_latest.pth"), "w").close()
+    assert by_key["train_voco_s0"].command(False)[-1] == "--c"
+    assert by_key["train_voco_s0"].command(True)[-1] == "cpu"  # fresh: nnU-Net starts over
+    open(os.path.join(fold, "checkpoint_final.pth"), "w").close()
+    assert by_key["train_voco_s0"].command(False)[-1] == "--val"  # only the final validation is missing
 
 
 def _marker_stage(tmp_path, key: str, needs: tuple[str, ...] = ()) -> Stage:
@@ -87,7 +107,7 @@ def test_failed_stage_names_its_log(folders, tmp_path):
         run_stages([failing], folders, load_state(folders))
 
 
-def test_read_dice_and_table(tmp_path):
+def test_read_dice(tmp_path):
     case = {"reference_file": "/x/VoCoDemoQuick_0003.nii.gz", "prediction_file": "/y/VoCoDemoQuick_0003.nii.gz",
             "metrics": {"1": {"Dice": 0.8}, "2": {"Dice": 0.4}, "3": {"Dice": math.nan}, "4": {"Dice": 0.6}}}
     summary = {"metric_per_case": [case], "mean": {k: {"Dice": v["Dice"]} for k, v in case["metrics"].items()},
@@ -97,12 +117,46 @@ def test_read_dice_and_table(tmp_path):
     dice = read_dice(str(path))
     assert dice["per_class"] == {"liver": 0.8, "spleen": 0.4, "kidneys": None, "spine": 0.6}
     assert dice["per_case"] == {"VoCoDemoQuick_0003": pytest.approx(0.6)}
-    results = {"preset": "quick", "device": "cpu", "test_cases": ["VoCoDemoQuick_0003"], "budget": {"voco": {}},
-               "dice": {"voco": dice, "scratch": dict(dice, mean=0.5)}, "pretraining": {"steps": 4},
+
+
+@pytest.mark.parametrize("voco, base, better, phrase", [
+    ([0.50, 0.52, 0.54], [0.40, 0.41, 0.42], True, "VoCo beats the baseline by +0.110"),
+    ([0.40, 0.50, 0.60], [0.45, 0.45, 0.45], False, "does NOT beat the baseline: difference +0.050"),
+    ([0.30, 0.31, 0.32], [0.40, 0.41, 0.42], False, "does NOT beat the baseline: it is worse by -0.100"),
+    ([0.60], [0.40], False, "within 2 standard errors (0.000) over 1 seeds"),
+])
+def test_verdict_states_plainly_whether_voco_wins(voco, base, better, phrase):
+    result = verdict("probe", seed_stats(voco), seed_stats(base))
+    assert result["voco_better"] is better and phrase in result["text"], result["text"]
+
+
+def test_seed_stats_mean_sd_and_missing_runs():
+    stats = seed_stats([0.2, 0.4, None])
+    assert stats["mean"] == pytest.approx(0.3) and stats["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert stats["n"] == 2 and stats["per_seed"] == [0.2, 0.4, None]
+
+
+def _arm(values: list[float]) -> dict:
+    stats = seed_stats(values)
+    return {"trainer": "T", "runs": {}, "mean": stats, "per_class": {c: stats for c in CLASS_NAMES.values()}}
+
+
+def test_table_shows_monitor_both_comparisons_and_costs():
+    rows = [{"step": 0, "loss": 1.0}, {"step": 0, "val_position_accuracy": 0.4, "val_chance": 0.111,
+                                       "val_prior": 0.25, "val_logit_gap": 0.1, "val_overlap_error": 0.3},
+            {"step": 300, "val_position_accuracy": 0.7, "val_chance": 0.111, "val_prior": 0.25, "val_logit_gap": 0.3,
+             "val_overlap_error": 0.2}]
+    dice = {"frozen_voco": _arm([0.3, 0.31, 0.32]), "frozen_scratch": _arm([0.3, 0.3, 0.3]),
+            "voco": _arm([0.5, 0.5, 0.5]), "scratch": _arm([0.5, 0.51, 0.49])}
+    results = {"preset": "default", "device": "cpu", "heldout_cases": ["c"] * 8, "seeds": [0, 1, 2], "dice": dice,
+               "verdicts": {f"{a}_vs_{b}": verdict(n, dice[a]["mean"], dice[b]["mean"]) for n, a, b in COMPARISONS},
+               "budget": {}, "pretraining": {"steps": 300, "monitor": monitor_rows(rows)},
                "stages": {"plan": {"wall_s": 12.0, "cpu_s": 5.0, "reused": True}}}
     table = format_table(results)
-    assert "SYNTHETIC" in table and "kidneys" in table and "n/a" in table
-    assert "+0.100" in table and "reused" in table
+    assert "SYNTHETIC" in table and "0.400 at step 0 -> 0.700 at step 300 (chance 0.111" in table
+    assert "frozen-encoder probe" in table and "full fine-tuning" in table and "0.310±0.010" in table
+    assert "per-seed mean Dice: frozen VoCo encoder [0.300 0.310 0.320]" in table
+    assert "VoCo does not beat its baseline in either comparison" in table and "reused" in table
 
 
 def test_pick_slice_prefers_more_classes():
@@ -112,15 +166,15 @@ def test_pick_slice_prefers_more_classes():
     assert pick_slice(label) == 2
 
 
-def test_demo_trainers_are_matched():
-    from nnunet_voco.trainers import (nnUNetTrainerVoCo_demo, nnUNetTrainerVoCo_demoquick,
-                                      nnUNetTrainerVoCoScratch_demo, nnUNetTrainerVoCoScratch_demoquick)
+def test_demo_trainers_are_matched_and_seeded():
+    from nnunet_voco import trainers
 
-    for voco, scratch in ((nnUNetTrainerVoCo_demo, nnUNetTrainerVoCoScratch_demo),
-                          (nnUNetTrainerVoCo_demoquick, nnUNetTrainerVoCoScratch_demoquick)):
-        assert voco.voco_demo_budget == scratch.voco_demo_budget
-        assert voco.voco_warmup_epochs == scratch.voco_warmup_epochs
-        assert voco.voco_load_weights and not scratch.voco_load_weights
+    for suffix in ("_demo", "_demoquick"):
+        classes = [getattr(trainers, ARMS[a][0] + suffix) for a in ARMS]
+        assert len({c.voco_demo_budget for c in classes}) == 1
+        assert len({c.voco_warmup_epochs for c in classes}) == 1
+        assert [c.voco_load_weights for c in classes] == [True, False, True, False]
+    assert trainers.nnUNetTrainerVoCoFrozen_demo.voco_demo_budget == DEMO_BUDGET
 
 
 @pytest.fixture(scope="module")
@@ -135,14 +189,19 @@ def quick_demo(tmp_path_factory):
 @pytest.mark.slow
 def test_quick_demo_writes_table_figure_and_results(quick_demo):
     out, proc, _ = quick_demo
-    assert "SYNTHETIC" in proc.stdout and "$ nnUNetv2_train 811 3d_fullres 0" in proc.stdout
-    assert "VoCo-pretrained" in proc.stdout and "Time per stage" in proc.stdout
+    assert "SYNTHETIC" in proc.stdout and "$ nnUNetv2_train 831 3d_fullres 0 -tr nnUNetTrainerVoCoFrozen" in proc.stdout
+    assert "held-out position accuracy" in proc.stdout and "frozen-encoder probe" in proc.stdout
+    assert "full fine-tuning" in proc.stdout and "Time per stage" in proc.stdout
     with open(os.path.join(out, "quick", "results.json")) as f:
         results = json.load(f)
     assert results["synthetic"] is True
-    for arm in ("voco", "scratch"):
-        values = list(results["dice"][arm]["per_class"].values()) + [results["dice"][arm]["mean"]]
+    monitor = results["pretraining"]["monitor"]
+    assert monitor[0]["step"] == 0 and monitor[-1]["step"] == 4 and 0.0 <= monitor[-1]["val_position_accuracy"] <= 1.0
+    for arm in ARMS:
+        run0 = results["dice"][arm]["runs"]["0"]
+        values = list(run0["per_class"].values()) + [run0["mean"]]
         assert len(values) == 5 and all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values)
+    assert set(results["verdicts"]) == {"frozen_voco_vs_frozen_scratch", "voco_vs_scratch"}
     with open(results["figure"], "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
     import matplotlib.image
@@ -156,7 +215,7 @@ def test_second_quick_run_reuses_every_stage(quick_demo):
     start = time.perf_counter()
     second = run(["voco_demo", "--quick", "--out", out, "-device", "cpu"], dict(os.environ), timeout=600)
     wall = time.perf_counter() - start
-    assert second.stdout.count("reusing the outputs") == 10
+    assert second.stdout.count("reusing the outputs") == 8
     assert "$ nnUNetv2" not in second.stdout
     assert wall < first_wall / 3, (wall, first_wall)
     with open(os.path.join(out, "quick", "results.json")) as f:

@@ -6,10 +6,13 @@ nnU-Net finds them through the shim folder ``nnunet_voco/nnunet_trainers`` liste
 from nnunet_voco.trainers.voco_trainers import *  # noqa: F401,F403
 from nnunet_voco.trainers.voco_trainers import __all__ as _cnn
 
+from nnunet_voco.trainers.frozen_trainers import *  # noqa: F401,F403
+from nnunet_voco.trainers.frozen_trainers import __all__ as _frozen
+
 from nnunet_voco.trainers.demo_trainers import *  # noqa: F401,F403
 from nnunet_voco.trainers.demo_trainers import __all__ as _demo
 
-__all__ = list(_cnn) + list(_demo)
+__all__ = list(_cnn) + list(_frozen) + list(_demo)
 try:  # the Swin trainers need MONAI
     from nnunet_voco.trainers.swin_trainers import *  # noqa: F401,F403
     from nnunet_voco.trainers.swin_trainers import __all__ as _swin

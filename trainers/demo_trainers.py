@@ -1,45 +1,65 @@
-"""Demo-budget variants of the VoCo fine-tuning trainers and their matched from-scratch baselines.
+"""Demo-budget variants of the four VoCo arms, seeded from the fold number (fold = seed).
 
-``voco_demo`` (:mod:`nnunet_voco.demo_workflow`) fine-tunes nnU-Net's planned network twice on the
-same few labelled phantom cases: once from the VoCo-pretrained encoder, once from random weights. The
-pair of classes of each budget differ only in ``voco_load_weights`` (inherited from
-:class:`~nnunet_voco.trainers.voco_trainers.nnUNetTrainerVoCo` and
-:class:`~nnunet_voco.trainers.voco_trainers.nnUNetTrainerVoCoScratch`), so the comparison is matched:
-same network, optimiser, warm-up, epochs, iterations, data augmentation and seedless sampling.
+``voco_demo`` (:mod:`nnunet_voco.demo_stages`) compares, on the same labelled phantom cases:
 
-Budgets (fitted to 2 CPU cores; see ``DEMO_BUDGET`` and ``QUICK_BUDGET``):
-    * ``_demo``: the default ``voco_demo`` run, 12 x 18 iterations (~6.5 min per arm on 2 idle CPUs).
-      nnU-Net picks up the spine first; the liver appeared after ~150 iterations in our runs, the
-      spleen and kidneys need more than the demo can afford on CPU.
-    * ``_demoquick``: ``voco_demo --quick``, a CI smoke test; its Dice says nothing.
+    * frozen probe: ``nnUNetTrainerVoCoFrozen_demo`` vs ``nnUNetTrainerVoCoFrozenScratch_demo``
+      (:mod:`nnunet_voco.trainers.frozen_trainers`);
+    * full fine-tuning: ``nnUNetTrainerVoCo_demo`` vs ``nnUNetTrainerVoCoScratch_demo``
+      (:mod:`nnunet_voco.trainers.voco_trainers`).
 
-Both use one validation iteration per epoch and no mirroring at inference (the final validation and
-``nnUNetv2_predict``), which keeps CPU validation fast, as the ``_smoke`` variants do.
+The classes of one budget differ only in their base class, so each comparison is matched: same
+network, optimiser, warm-up, epochs, iterations, batch size and augmentation.
+
+Seeding: the fold number is the seed. ``__init__`` seeds ``random``, ``numpy`` and ``torch`` with
+``fold`` before nnU-Net builds anything, so the decoder (and, in the scratch arms, the encoder) start
+from a fold-specific initialisation. The demo's ``splits_final.json`` holds identical folds (same
+training and validation cases), so ``nnUNetv2_train ID 3d_fullres {0,1,2} -tr X_demo`` is three seeds
+of one experiment. nnU-Net's augmentation workers are not made deterministic: two runs with the same
+seed differ a little. ``fold == "all"`` uses seed 0.
+
+Budgets (``(epochs, iterations per epoch, batch size)``, fitted to 2 CPU cores; the timing behind
+them is in :mod:`nnunet_voco.demo_stages`): ``_demo`` for the default ``voco_demo`` run,
+``_demoquick`` for ``voco_demo --quick`` (a CI smoke test; its Dice says nothing). Both run one
+validation iteration per epoch and no test-time mirroring in nnU-Net's final validation and in
+``nnUNetv2_predict``, which keeps CPU inference cheap.
 """
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 
+from nnunet_voco.trainers.frozen_trainers import nnUNetTrainerVoCoFrozen, nnUNetTrainerVoCoFrozenScratch
 from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo, nnUNetTrainerVoCoScratch
 
-__all__ = ["nnUNetTrainerVoCo_demo", "nnUNetTrainerVoCoScratch_demo", "nnUNetTrainerVoCo_demoquick",
-           "nnUNetTrainerVoCoScratch_demoquick"]
+__all__ = ["nnUNetTrainerVoCo_demo", "nnUNetTrainerVoCoScratch_demo", "nnUNetTrainerVoCoFrozen_demo",
+           "nnUNetTrainerVoCoFrozenScratch_demo", "nnUNetTrainerVoCo_demoquick", "nnUNetTrainerVoCoScratch_demoquick",
+           "nnUNetTrainerVoCoFrozen_demoquick", "nnUNetTrainerVoCoFrozenScratch_demoquick"]
 
-DEMO_BUDGET = (12, 18)  # (epochs, iterations per epoch) of the default demo
-QUICK_BUDGET = (1, 2)  # (epochs, iterations per epoch) of --quick
+DEMO_BUDGET = (4, 10, 1)  # (epochs, iterations per epoch, batch size) of the default demo
+QUICK_BUDGET = (1, 2, 1)  # the same for --quick
 
 
 class _DemoBudgetMixin:
-    """Sets the epochs x iterations of ``voco_demo_budget``, 1 validation iteration, no mirroring."""
+    """Seeds from the fold, sets ``voco_demo_budget``, 1 validation iteration, no mirroring."""
 
     voco_demo_budget = DEMO_BUDGET
     voco_warmup_epochs = 1
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        seed = fold if isinstance(fold, int) else 0
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch = self.voco_demo_budget
+        self.num_epochs, self.num_iterations_per_epoch, _ = self.voco_demo_budget
         self.num_val_iterations_per_epoch = 1
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        self.batch_size = min(self.batch_size, self.voco_demo_budget[2])
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
@@ -48,20 +68,40 @@ class _DemoBudgetMixin:
 
 
 class nnUNetTrainerVoCo_demo(_DemoBudgetMixin, nnUNetTrainerVoCo):
-    """:class:`nnUNetTrainerVoCo` at the default ``voco_demo`` budget."""
+    """:class:`nnUNetTrainerVoCo` at the default ``voco_demo`` budget; fold = seed."""
 
 
 class nnUNetTrainerVoCoScratch_demo(_DemoBudgetMixin, nnUNetTrainerVoCoScratch):
-    """:class:`nnUNetTrainerVoCoScratch` at the default ``voco_demo`` budget (matched baseline)."""
+    """:class:`nnUNetTrainerVoCoScratch` at the default ``voco_demo`` budget; fold = seed."""
 
 
-class nnUNetTrainerVoCo_demoquick(_DemoBudgetMixin, nnUNetTrainerVoCo):
-    """:class:`nnUNetTrainerVoCo` at the ``voco_demo --quick`` budget."""
+class nnUNetTrainerVoCoFrozen_demo(_DemoBudgetMixin, nnUNetTrainerVoCoFrozen):
+    """:class:`nnUNetTrainerVoCoFrozen` at the default ``voco_demo`` budget; fold = seed."""
+
+
+class nnUNetTrainerVoCoFrozenScratch_demo(_DemoBudgetMixin, nnUNetTrainerVoCoFrozenScratch):
+    """:class:`nnUNetTrainerVoCoFrozenScratch` at the default ``voco_demo`` budget; fold = seed."""
+
+
+class nnUNetTrainerVoCo_demoquick(nnUNetTrainerVoCo_demo):
+    """:class:`nnUNetTrainerVoCo` at the ``voco_demo --quick`` budget; fold = seed."""
 
     voco_demo_budget = QUICK_BUDGET
 
 
-class nnUNetTrainerVoCoScratch_demoquick(_DemoBudgetMixin, nnUNetTrainerVoCoScratch):
-    """:class:`nnUNetTrainerVoCoScratch` at the ``voco_demo --quick`` budget (matched baseline)."""
+class nnUNetTrainerVoCoScratch_demoquick(nnUNetTrainerVoCoScratch_demo):
+    """:class:`nnUNetTrainerVoCoScratch` at the ``voco_demo --quick`` budget; fold = seed."""
+
+    voco_demo_budget = QUICK_BUDGET
+
+
+class nnUNetTrainerVoCoFrozen_demoquick(nnUNetTrainerVoCoFrozen_demo):
+    """:class:`nnUNetTrainerVoCoFrozen` at the ``voco_demo --quick`` budget; fold = seed."""
+
+    voco_demo_budget = QUICK_BUDGET
+
+
+class nnUNetTrainerVoCoFrozenScratch_demoquick(nnUNetTrainerVoCoFrozenScratch_demo):
+    """:class:`nnUNetTrainerVoCoFrozenScratch` at the ``voco_demo --quick`` budget; fold = seed."""
 
     voco_demo_budget = QUICK_BUDGET

@@ -5,3 +5,4 @@ afterwards; re-exporting keeps every class defined in ``nnunet_voco.trainers`` (
 picklable under its real module name).
 """
 from nnunet_voco.trainers import *  # noqa: F401,F403
+from nnunet_voco.trainers.frozen_trainers import *  # noqa: F401,F403
