@@ -38,7 +38,7 @@ from nnunet_voco.loss import VoCoLoss  # noqa: E402
 from nnunet_voco.model import VoCoModel  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext, autocast_dtype  # noqa: E402
-from nnunet_voco.pretrain.loop import resolve_batch_size, resolve_layout, train_step  # noqa: E402
+from nnunet_voco.pretrain.loop import case_shapes, resolve_batch_size, resolve_layout, train_step  # noqa: E402
 from nnunet_voco.sampling import WindowSampler  # noqa: E402
 
 PHASES = ("data", "input", "forward", "backward", "optimizer", "ema")
@@ -97,7 +97,8 @@ def build_pipeline(sources, plans: str, crop_size=None, batch_size: int | None =
     ctx = RunContext(torch.device(device))
     bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager,
                            first.num_input_channels)
-    layout = resolve_layout(config, first.configuration_manager, bundle.divisor)
+    median = tuple(int(v) for v in np.median([shape for _, shape in case_shapes(sources)], axis=0))
+    layout, _ = resolve_layout(config, first.configuration_manager, bundle.divisor, median)
     batch = resolve_batch_size(config, first.configuration_manager, layout)
     torch.manual_seed(seed)
     model = VoCoModel(bundle, preset, VoCoLoss(preset), head_dim, 0.2 if preset == "v2" else 0.0).to(ctx.device)

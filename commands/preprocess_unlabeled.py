@@ -15,7 +15,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; return the exit code (0 ok, 1 nothing usable, 2 usage error, 130 interrupted)."""
+    """Run the command; return the exit code (0 ok, 1 nothing usable, 2 usage error or the pool is being
+    written by another run, 3 disk full / not writable, 130 interrupted)."""
     parser = argparse.ArgumentParser(
         prog="voco_preprocess_unlabeled",
         description="Preprocess unlabelled images exactly like a case of the planned dataset TARGET (same "
@@ -42,11 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.np < 1:
         parser.error(f"-np must be at least 1, got {args.np}")
 
+    from nnunet_voco.disk_errors import EXIT_CODE as DISK_EXIT_CODE
+    from nnunet_voco.disk_errors import DiskWriteError
     from nnunet_voco.unlabeled_pool import create_unlabeled_pool
 
     try:
         report = create_unlabeled_pool(args.i, args.d, args.o, plans_name=args.p, configuration=args.c,
                                        num_processes=args.np, dicom=args.dicom)
+    except DiskWriteError as e:
+        print(f"voco_preprocess_unlabeled: error: {e}", file=sys.stderr)
+        return DISK_EXIT_CODE
     except (ValueError, FileNotFoundError) as e:
         print(f"voco_preprocess_unlabeled: error: {e}", file=sys.stderr)
         return 2

@@ -7,7 +7,8 @@ Files (see DESIGN.md section 5):
     * ``checkpoint_latest.pth`` / ``checkpoint_final.pth``: the full resumable pre-training state.
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and moved into place
-with ``os.replace``, so a crash (or a full disk) never leaves a truncated file under the final name.
+with ``os.replace``, so a crash (or a full disk) never leaves a truncated file under the final name;
+a full, read-only or vanished disk raises :class:`~nnunet_voco.disk_errors.DiskWriteError`.
 Every file is read with ``torch.load(weights_only=True)``: a checkpoint from the internet can carry a
 pickled object that executes code, and that is refused.
 """
@@ -20,6 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from nnunet_voco.disk_errors import disk_write_error, remove_quietly
 
 SCHEMA_VERSION = 1
 ENCODER_FORMAT = "nnunet_voco.encoder"
@@ -51,21 +54,39 @@ def save_atomic(obj: Any, path: str) -> None:
     """Write ``obj`` with ``torch.save`` to ``path`` atomically.
 
     The previous file at ``path`` (if any) stays intact until the new one is completely on disk; on
-    any error (including ``ENOSPC``) the temporary file is removed and the error propagates.
+    any error the temporary file is removed and the error propagates.
+
+    Raises:
+        DiskWriteError: the disk is full, read-only, over quota or gone (one line naming ``path``).
     """
+    _write_atomic(path, "wb", lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(path: str, content: Any) -> None:
+    """Write ``content`` as indented JSON to ``path`` atomically (same guarantees as :func:`save_atomic`)."""
+    import json
+
+    _write_atomic(path, "w", lambda f: json.dump(content, f, indent=2))
+
+
+def _write_atomic(path: str, mode: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException as e:
+        disk = disk_write_error(e, path) if isinstance(e, Exception) else None  # before the space is given back
+        if tmp is not None:
+            remove_quietly(tmp)
+        if disk is not None:
+            raise disk from None
         raise
 
 

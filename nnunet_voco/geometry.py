@@ -114,7 +114,7 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
 
     Why crops may be smaller than the fine-tuning patch: the CNN encoder is fully convolutional, so
     it accepts any crop whose edges its strides divide, and the weights transfer unchanged. The
-    minimum edge, ``max(stride, min_edge)`` rounded up to the stride, keeps every stage at least one
+    minimum edge, ``max(stride, min_edge)`` rounded up to the stride (but never above the patch), keeps every stage at least one
     voxel wide (stride) and the first stages' 3x3x3 receptive fields mostly inside the crop
     (``min_edge`` = 16 voxels); crops whose deepest map would be a single voxel (instance norm has
     nothing to normalise there) get the whole axis doubled where the median case allows it.
@@ -134,7 +134,7 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
     median = np.asarray(median_shape, dtype=float)
     divisor = tuple(int(d) for d in divisor)
     cap = tuple(max(d, int(p) // d * d) for p, d in zip(patch_size, divisor))
-    minimum = min_crop_edges(divisor, min_edge)
+    minimum = tuple(min(m, c) for m, c in zip(min_crop_edges(divisor, min_edge), cap))  # never above the patch
     candidates = [tuple(int(g) for g in grid)] if grid is not None else [
         default_grid(spacing, n, median) for n in cells]
     for i, g in enumerate(candidates):

@@ -18,7 +18,10 @@ samplers that oversample foreground place crops on the body rather than on air.
 
 Each case is written under temporary names and moved into place with ``os.replace``, the ``.b2nd``
 data file last (nnU-Net lists cases by that file), so a killed run never leaves a half case that looks
-done, and re-running the same command resumes. Do not run two writers on one pool at the same time.
+done, and re-running the same command resumes. A lock (``$nnUNet_preprocessed/.voco_pool_NNN.lock``)
+refuses a second writer of the same pool id. Inputs are verified before they are used
+(:mod:`nnunet_voco.input_checks`: truncated files, constant or non-finite volumes, 2-D, absurd spacing);
+a full or read-only disk stops the run with :class:`~nnunet_voco.disk_errors.DiskWriteError`.
 """
 from __future__ import annotations
 
@@ -38,11 +41,13 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from nnunet_voco import folder_lock, input_checks
+from nnunet_voco.disk_errors import DiskWriteError, disk_write_error, remove_quietly
+
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "voco_pool.json"
 CT_BODY_THRESHOLD_HU = -500.0  # air is about -1000 HU, lung about -800, fat about -100
-MIN_AXIS_VOXELS = 8
-MAX_SPACING_MM = 50.0
+RESUME_ADVICE = "finished cases are kept; free space there (or make it writable) and run the same command again"
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".hdr", ".tif", ".tiff")
 BODY_MASK_RULE = (f"seg is a body mask, not an annotation: 1 = body (CT channel > {CT_BODY_THRESHOLD_HU:g} HU in the "
                   "raw image; other modalities: channel 0 above Otsu's threshold of its nonzero voxels), 0 = outside "
@@ -83,6 +88,7 @@ class PoolReport:
         already_present: ids of the cases that were complete before this run.
         skipped: ``{"file": ..., "reason": ...}`` per input that was not used.
         seconds: wall time of the preprocessing.
+        warnings: notes for the user (e.g. a stale lock of a killed run was taken over).
     """
 
     dataset_name: str
@@ -94,12 +100,14 @@ class PoolReport:
     already_present: list[str] = dataclasses.field(default_factory=list)
     skipped: list[dict] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
         """Return the end-of-run text: counts, throughput, skipped files, output and next command."""
         rate = len(self.written) / max(self.seconds / 60.0, 1e-9)
         lines = [f"{len(self.written)} cases written, {len(self.skipped)} skipped, {len(self.already_present)} "
                  f"already present ({rate:.1f} cases/min over {self.seconds:.0f} s)"]
+        lines += [f"warning: {w}" for w in self.warnings]
         if self.skipped:
             lines.append("skipped:")
             lines += [f"  {s['file']}: {s['reason']}" for s in self.skipped]
@@ -185,7 +193,8 @@ def preprocess_pool_case(image_files: Sequence, plans: dict, configuration: str,
         ``(data, seg, properties)`` as nnU-Net's ``run_case`` returns them; ``seg`` is the body mask.
 
     Raises:
-        ValueError: the image is unusable (channels, 2-D, too small, implausible spacing, NaN).
+        ValueError: the image is unusable (truncated, channels, 2-D, too small, implausible spacing,
+            NaN/Inf, constant).
     """
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -195,11 +204,14 @@ def preprocess_pool_case(image_files: Sequence, plans: dict, configuration: str,
     reader = plans_manager.image_reader_writer_class
     if not all(isinstance(f, str) and _image_ending(f) in reader.supported_file_endings for f in image_files):
         reader = SimpleITKIO  # reads every format SimpleITK knows, and DICOM series given as a file list
+    for f in image_files:
+        if isinstance(f, str):
+            input_checks.verify_file(f)  # SimpleITK reads a cut-off file as a mostly-zero volume
     try:
         data, properties = reader().read_images([list(f) if isinstance(f, tuple) else f for f in image_files])
     except Exception as e:
         raise ValueError(f"unreadable: {_one_line(e)}") from None
-    _check_image(data, properties, len(dataset_json["channel_names"]))
+    input_checks.check_volume(data, properties["spacing"], len(dataset_json["channel_names"]))
     seg = body_mask(data, configuration_manager.normalization_schemes)[None].astype(np.int8)
     # Label 1 only, so class_locations holds the body whatever labels TARGET has.
     body_json = {**dataset_json, "labels": {"background": 0, "body": 1}}
@@ -283,26 +295,50 @@ def create_unlabeled_pool(input_folders: Sequence[str], target: str | int, outpu
         raise ValueError(f"no images found in {', '.join(folders)} (looked for {', '.join(IMAGE_ENDINGS)}"
                          f"{'' if dicom else '; DICOM series need --dicom'})")
     pool_folder = os.path.join(nnUNet_preprocessed, pool_name)
-    provenance = _open_pool(pool_folder, pool_name, target_name, plans, plans_name, configuration, dataset_json)
+    lock = folder_lock.acquire(os.path.join(nnUNet_preprocessed, f".voco_pool_{int(pool_name[7:10]):03d}.lock"),
+                               "voco_preprocess_unlabeled", pool_folder)  # one writer per pool id
+    try:
+        report = PoolReport(pool_name, target_name, pool_folder, plans_name, configuration, skipped=skipped,
+                            warnings=[lock.stale] if lock.stale else [])
+        _fill_pool(report, folders, cases, plans, configuration, dataset_json, num_processes, progress)
+    finally:
+        lock.release()
+    return report
+
+
+def _fill_pool(report: PoolReport, folders: list[str], cases: list[InputCase], plans: dict, configuration: str,
+               dataset_json: dict, num_processes: int, progress: bool) -> None:
+    """Open (or resume) the pool of ``report`` and preprocess the cases it lacks (under the pool's lock)."""
+    pool_folder = report.folder
     data_folder = os.path.join(pool_folder, _configuration_manager(plans, configuration).data_identifier)
     tmp_folder = os.path.join(pool_folder, ".voco_tmp")
-    shutil.rmtree(tmp_folder, ignore_errors=True)  # leftovers of a killed run; never a finished case
-    os.makedirs(data_folder, exist_ok=True)
-    os.makedirs(tmp_folder)
+    try:
+        provenance = _open_pool(pool_folder, report.dataset_name, report.target_name, plans, report.plans_name,
+                                configuration, dataset_json)
+        shutil.rmtree(tmp_folder, ignore_errors=True)  # leftovers of a killed run; never a finished case
+        os.makedirs(data_folder, exist_ok=True)
+        os.makedirs(tmp_folder)
+    except OSError as e:
+        raise disk_write_error(e, e.filename or pool_folder, f"{pool_folder} must be writable") or e from None
 
-    report = PoolReport(pool_name, target_name, pool_folder, plans_name, configuration, skipped=skipped)
     done = {case.case_id for case in cases if _case_is_complete(data_folder, case.case_id)}
     report.already_present = [case.case_id for case in cases if case.case_id in done]
     todo = [case for case in cases if case.case_id not in done]
     work = functools.partial(_process_case, plans, configuration, dataset_json, data_folder, tmp_folder)
-    start = time.perf_counter()
+    start, failed = time.perf_counter(), False
     try:
         _run_cases(todo, work, num_processes, report, progress)
+    except BaseException:
+        failed = True
+        raise
     finally:
         report.seconds = time.perf_counter() - start
-        shutil.rmtree(tmp_folder, ignore_errors=True)
-        _finish_pool(pool_folder, data_folder, provenance, folders, report, dataset_json)
-    return report
+        shutil.rmtree(tmp_folder, ignore_errors=True)  # gives the space of half-written cases back
+        try:
+            _finish_pool(pool_folder, data_folder, provenance, folders, report, dataset_json)
+        except DiskWriteError:
+            if not failed:
+                raise  # else the first error (usually the same full disk) is the one to report
 
 
 def _process_case(plans: dict, configuration: str, dataset_json: dict, data_folder: str, tmp_folder: str,
@@ -319,16 +355,23 @@ def _process_case(plans: dict, configuration: str, dataset_json: dict, data_fold
         patch_size = tuple(_configuration_manager(plans, configuration).patch_size)
         blocks, chunks = comp_blosc2_params(data.shape, patch_size, data.itemsize)
         blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch_size, seg.itemsize)
-        tmp = os.path.join(tmp_folder, f"{case.case_id}.{os.getpid()}")
-        nnUNetDatasetBlosc2.save_case(data, seg, properties, tmp, chunks=chunks, blocks=blocks,
-                                      chunks_seg=chunks_seg, blocks_seg=blocks_seg)
     except ValueError as e:
         return str(e)
     except Exception as e:  # a bad file must never stop the run
         return f"preprocessing failed: {_one_line(e)}"
-    final = os.path.join(data_folder, case.case_id)
-    for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):  # data last: nnU-Net lists cases by their .b2nd file
-        os.replace(tmp + suffix, final + suffix)
+    tmp, final = os.path.join(tmp_folder, f"{case.case_id}.{os.getpid()}"), os.path.join(data_folder, case.case_id)
+    try:
+        nnUNetDatasetBlosc2.save_case(data, seg, properties, tmp, chunks=chunks, blocks=blocks,
+                                      chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+        for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):  # data last: nnU-Net lists cases by their .b2nd file
+            os.replace(tmp + suffix, final + suffix)
+    except Exception as e:  # blosc2 names no errno: the file system is asked (before the space is freed)
+        disk = disk_write_error(e, final + ".b2nd", RESUME_ADVICE)
+        for suffix in ("_seg.b2nd", ".pkl", ".b2nd"):
+            remove_quietly(tmp + suffix)
+        if disk is not None:
+            raise disk from None  # stops the run: every further case would fail the same way
+        return f"writing failed: {_one_line(e)}"
     return None
 
 
@@ -488,24 +531,6 @@ def _pool_dataset_json(dataset_json: dict, pool_name: str, target_name: str, num
             "voco_unlabeled_pool": {"plans_source_dataset": target_name, "seg": BODY_MASK_RULE}}
 
 
-def _check_image(data: np.ndarray, properties: dict, num_channels: int) -> None:
-    """Raise ValueError with a one-line reason if the image cannot be used for pre-training."""
-    spatial = tuple(data.shape[1:])
-    spacing = [float(s) for s in properties["spacing"]]
-    if data.ndim != 4 or data.shape[0] != num_channels:
-        raise ValueError(f"wrong channel count: array shape {data.shape} has {data.shape[0]} channel(s), TARGET "
-                         f"expects {num_channels}")
-    if 1 in spatial:
-        raise ValueError(f"2-D image (shape {spatial}); only 3-D volumes can be used")
-    if min(spatial) < MIN_AXIS_VOXELS:
-        raise ValueError(f"too small: shape {spatial}, need at least {MIN_AXIS_VOXELS} voxels per axis")
-    if not all(0 < s <= MAX_SPACING_MM for s in spacing):
-        raise ValueError(f"implausible spacing {tuple(round(s, 4) for s in spacing)} mm; expected 0 < spacing <= "
-                         f"{MAX_SPACING_MM:g} mm")
-    if not np.isfinite(data).all():
-        raise ValueError("image contains NaN or infinite values")
-
-
 def _group_to_case(case_id: str, members: list[tuple[int | None, str]], num_channels: int,
                    folder: str) -> tuple[InputCase | None, list[dict]]:
     """Turn the files sharing one case id into a case, or into skip entries."""
@@ -580,9 +605,14 @@ def _image_ending(name: str) -> str:
 
 def _write_json(path: str, content: dict) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=2)
+        os.replace(tmp, path)
+    except OSError as e:
+        disk = disk_write_error(e, path, RESUME_ADVICE)
+        remove_quietly(tmp)
+        raise disk or e from None
 
 
 def _one_line(error: BaseException) -> str:

@@ -203,7 +203,6 @@ def run_pretraining(config) -> str:
     log = outputs.RunLog(folder, enabled=ctx.is_main)
     if folder_lock is not None and folder_lock.stale:
         log(f"VoCo: warning: {folder_lock.stale}")
-    log(f"VoCo: geometry: {geometry_rule} (median of {len(shapes)} cases)")
 
     # ============ model, loss, optimiser ============
     torch.manual_seed(config.seed + ctx.rank)
@@ -267,6 +266,7 @@ def run_pretraining(config) -> str:
         f"datasets {', '.join(s.name for s in sources)} ({len(sampler)} training + {len(val_cases)} held-out cases), "
         f"plans {config.plans}, "
         f"configuration {config.configuration}")
+    log(f"VoCo: geometry: {geometry_rule} (median of {len(shapes)} cases)")
     log(f"VoCo: crop {layout.crop_size}, grid {layout.grid} ({layout.num_bases} base + {layout.num_targets} target "
         f"crops, window {layout.window}), {batch_size} volumes/step/process x {ctx.world_size} processes, "
         f"device {ctx.device}, precision {amp_dtype or 'fp32'}, {num_workers} data workers, output {folder}")

@@ -7,6 +7,7 @@ Layout of ``$nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>/`` (DESIGN.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -16,13 +17,53 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_voco import __version__
+from nnunet_voco import __version__, folder_lock
 from nnunet_voco.checkpoint import STATE_FORMAT, SCHEMA_VERSION, CheckpointError, check_schema, load_file, save_atomic
-from nnunet_voco.checkpoint import save_encoder
+from nnunet_voco.checkpoint import save_encoder, write_json_atomic
 from nnunet_voco.checkpoint import to_plain, transfer_encoder
+from nnunet_voco.disk_errors import DiskWriteError, disk_write_error, remove_quietly
 from nnunet_voco.nnunet import UserInputError
+from nnunet_voco.pretrain.config import SCHEDULE_FIELDS
+from nnunet_voco.run_schedule import RunSchedule, default_warmup
 
 LATEST, FINAL = "checkpoint_latest.pth", "checkpoint_final.pth"
+LOCK_FILE = ".voco.lock"
+RESUME_ADVICE = "the files written before are intact; free space there (or pass -o elsewhere) and resume with --c"
+
+
+def claim_output_folder(folder: str, config, ctx) -> tuple[str | None, folder_lock.FolderLock | None]:
+    """Lock ``folder`` for this run (rank 0 holds the lock), check it, and clear a killed save's temp files.
+
+    Returns:
+        ``(checkpoint to resume from or None, the lock on rank 0 / None elsewhere)``; release the lock
+        when the run ends (:func:`nnunet_voco.folder_lock.release_all` also does).
+
+    Raises:
+        FolderBusy: another run holds the folder (with or without ``--c``).
+        DiskWriteError: the folder cannot be written (read-only, full).
+        UserInputError: see :func:`prepare_output_folder`.
+    """
+    lock, error = None, None
+    if ctx.is_main:
+        try:
+            lock = folder_lock.acquire(os.path.join(folder, LOCK_FILE), "voco_pretrain", folder)
+        except (folder_lock.FolderBusy, DiskWriteError) as e:
+            error = e
+    (failed,) = ctx.any_rank(error is not None)  # every rank stops, not only rank 0
+    if error is not None:
+        raise error
+    if failed:
+        raise UserInputError(f"rank 0 could not lock {folder} (see its message)")
+    try:
+        resume_from = prepare_output_folder(folder, config)
+        if ctx.is_main:
+            remove_stale_temp_files(folder)  # left by a process killed while saving
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    ctx.barrier()
+    return resume_from, lock
 
 
 def prepare_output_folder(folder: str, config) -> str | None:
@@ -56,8 +97,10 @@ def prepare_output_folder(folder: str, config) -> str | None:
 
 def remove_stale_temp_files(folder: str) -> list[str]:
     """Delete temporary files that a killed save left behind (``<file>.<random>.tmp``, ``<file>.tmp``)."""
-    ours = (LATEST, FINAL, "voco_encoder.pth", "pretrained_network.pth", "config.json", "metrics.jsonl")
+    ours = (LATEST, FINAL, "voco_encoder.pth", "voco_encoder.json", "pretrained_network.pth", "config.json",
+            "metrics.jsonl")
     stale = [f for f in os.listdir(folder) if f.endswith(".tmp") and f.startswith(tuple(n + "." for n in ours))]
+    stale += [f for f in os.listdir(folder) if f == "progress.png.tmp.png"]
     for name in stale:
         os.remove(os.path.join(folder, name))
     return stale
@@ -65,10 +108,46 @@ def remove_stale_temp_files(folder: str) -> list[str]:
 
 def write_config(folder: str, config, extra: dict) -> None:
     payload = {"config": config.to_dict(), "identity": config.identity(), **to_plain(extra)}
-    tmp = os.path.join(folder, "config.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, os.path.join(folder, "config.json"))
+    write_json_atomic(os.path.join(folder, "config.json"), payload)
+
+
+def write_progress(folder: str, history) -> None:
+    """``progress.png`` (see :func:`nnunet_voco.progress_plot.plot_progress`); a full disk is a DiskWriteError."""
+    from nnunet_voco.progress_plot import plot_progress
+
+    path = os.path.join(folder, "progress.png")
+    try:
+        plot_progress(history, path)
+    except Exception as e:
+        disk = disk_write_error(e, path, RESUME_ADVICE)  # before the temp file gives the space back
+        remove_quietly(path + ".tmp.png")
+        if disk is not None:
+            raise disk from None
+        raise
+
+
+def _append(path: str, text: str) -> None:
+    """Append ``text`` to ``path`` whole or not at all (a partial line is cut off again)."""
+    data = text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise disk_write_error(e, path, RESUME_ADVICE) or e from None
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as e:
+            disk = disk_write_error(e, path, RESUME_ADVICE)
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise disk or e from None
+    finally:
+        os.close(fd)
 
 
 class RunLog:
@@ -84,16 +163,14 @@ class RunLog:
         if not self.enabled:
             return
         line = " ".join(str(p) for p in parts)
-        with open(self.text_file, "a") as f:
-            f.write(f"{datetime.datetime.now()}: {line}\n")
+        _append(self.text_file, f"{datetime.datetime.now()}: {line}\n")
         if also_print:
             tqdm.write(line, file=sys.stdout)  # on a line of its own, not glued to the progress bar
             sys.stdout.flush()
 
     def metrics(self, row: dict) -> None:
         if self.enabled:
-            with open(self.metrics_file, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            _append(self.metrics_file, json.dumps(row) + "\n")
 
     def truncate_metrics(self, last_step: int) -> list[dict]:
         """Keep only rows up to ``last_step`` (a crash may have logged steps the checkpoint lacks)."""
@@ -110,9 +187,14 @@ class RunLog:
                     rows.append(row)
         if self.enabled:
             tmp = self.metrics_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
-            os.replace(tmp, self.metrics_file)
+            try:
+                with open(tmp, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
+                os.replace(tmp, self.metrics_file)
+            except OSError as e:
+                disk = disk_write_error(e, self.metrics_file, RESUME_ADVICE)
+                remove_quietly(tmp)
+                raise disk or e from None
         return rows
 
 
@@ -127,7 +209,7 @@ def save_state(path: str, step: int, model, optimizer, scaler, config, meta: dic
     """Full resumable state (atomic).
 
     Raises:
-        CheckpointError: the file could not be written (disk full, quota, permissions); the previous
+        DiskWriteError: the file could not be written (disk full, quota, read-only); the previous
             file at ``path`` is intact and no temporary file is left.
     """
     try:
@@ -137,13 +219,21 @@ def save_state(path: str, step: int, model, optimizer, scaler, config, meta: dic
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": _rng_state(), "config": config.to_dict(), "identity": config.identity(), "meta": to_plain(meta),
         }, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path} at step {step} ({e.strerror or e}); the previous file is intact; "
-                              f"free space on that disk (or pass -o elsewhere) and resume with --c") from None
+    except DiskWriteError as e:
+        other = os.path.join(os.path.dirname(path), FINAL if os.path.basename(path) == LATEST else LATEST)
+        kept = ("the previous file is intact" if os.path.isfile(path) else f"{os.path.basename(other)} is intact"
+                if os.path.isfile(other) else "no checkpoint was written yet")
+        raise DiskWriteError(path, e.reason, f"{kept}; free space on that disk (or pass -o elsewhere) and resume "
+                                             f"with --c", context=f" at step {step}") from None
 
 
-def load_state(path: str, model, optimizer, scaler, config) -> int:
-    """Restore a state written by :func:`save_state`; returns the step to continue from."""
+def load_state(path: str, model, optimizer, scaler, config) -> tuple[int, dict]:
+    """Restore a state written by :func:`save_state`.
+
+    Returns:
+        ``(step to continue from, the config dict the state was trained with)``; pass the latter to
+        :func:`resume_schedule`.
+    """
     state = load_file(path)
     check_schema(state, path, STATE_FORMAT)
     identity = state.get("identity") or {}
@@ -151,6 +241,12 @@ def load_state(path: str, model, optimizer, scaler, config) -> int:
         if identity.get(key) != value:
             raise UserInputError(f"{path} was trained with {key}={identity.get(key)} but this run has "
                                  f"{key}={value}; resume with the original settings or start a new run with -o")
+    trained = state.get("config") or {}
+    for key in SCHEDULE_FIELDS:
+        if key in trained and trained[key] != getattr(config, key):
+            raise UserInputError(f"{path} was trained with --{key} {trained[key]} but this run has --{key} "
+                                 f"{getattr(config, key)}; --c keeps the schedule of the run (only --num_steps may "
+                                 f"change), so resume with --{key} {trained[key]} or start a new run with -o")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -159,12 +255,41 @@ def load_state(path: str, model, optimizer, scaler, config) -> int:
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return int(state["step"])
+        return int(state["step"]), trained
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = " ".join(line.strip() for line in str(e).strip().splitlines())[:240] or type(e).__name__
         raise CheckpointError(f"{path} does not fit this model and optimiser ({type(e).__name__}: {first}); it was "
                               f"written for another architecture or by another nnunet-voco; start a new run with -o "
                               f"or --overwrite") from None
+
+
+def resume_schedule(config, trained: dict | None, resume_from: str | None, step: int, warmup: int, log):
+    """Fix the run's learning-rate / momentum schedule; returns ``(config with it, RunSchedule)``.
+
+    A new run gets the plain schedule. ``--c`` keeps the schedule the checkpoint was trained with;
+    another ``--num_steps`` redefines it from ``step`` on (no jump, see
+    :mod:`nnunet_voco.run_schedule`) and says so in the log.
+
+    Raises:
+        UserInputError: ``--num_steps`` is below the step the checkpoint reached.
+    """
+    schedule = RunSchedule(config.lr, config.min_lr, warmup, config.num_steps, config.ema_momentum,
+                           config.ema_momentum_final)
+    if trained:
+        if trained.get("schedule"):
+            previous = RunSchedule.from_dict(trained["schedule"])
+        else:  # a checkpoint written before schedules were stored: rebuild it from its settings
+            previous = dataclasses.replace(schedule, num_steps=trained["num_steps"], warmup=(
+                trained.get("warmup_steps") if trained.get("warmup_steps") is not None
+                else default_warmup(trained["num_steps"])))
+        if config.num_steps < step:
+            raise UserInputError(f"{resume_from} is at step {step}, beyond --num_steps {config.num_steps}; pass "
+                                 f"--num_steps {previous.num_steps} (or any value >= {step}) to resume")
+        schedule = previous
+        if previous.num_steps != config.num_steps:
+            schedule = previous.ended_at(step, config.num_steps)
+            log(f"VoCo: {schedule.describe_change(previous, step)}")
+    return dataclasses.replace(config, schedule=schedule.to_dict()), schedule
 
 
 def encoder_meta(bundle_meta: dict, sources, config, layout, steps: int) -> dict:
@@ -198,20 +323,27 @@ def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
     encoder + freshly initialised decoder) as ``{"network_weights": ...}``, so that the stock
     ``nnUNetv2_train ... -pretrained_weights FILE`` accepts it (its loader requires every key but
     the segmentation layers).
-    """
-    written = [os.path.join(folder, "voco_encoder.pth")]
-    state = bundle.state_fn()
-    save_encoder(written[0], state, meta)
-    with open(os.path.join(folder, "voco_encoder.json"), "w") as f:  # cheap to scan for the trainers
-        json.dump(to_plain(meta), f, indent=2)
-    if meta.get("encoder_family") == "cnn":
-        from nnunet_voco.encoders.cnn import build_plans_network
 
-        pm, cm = first_source.plans_manager, first_source.configuration_manager
-        n_out = pm.get_label_manager(first_source.dataset_json).num_segmentation_heads
-        network = build_plans_network(pm, cm, first_source.num_input_channels, n_out)
-        transfer_encoder(network, state, meta)
-        written.append(os.path.join(folder, "pretrained_network.pth"))
-        save_atomic({"network_weights": {k: v.cpu() for k, v in network.state_dict().items()},
-                     "voco_meta": to_plain(meta)}, written[-1])
+    Raises:
+        DiskWriteError: a file could not be written; ``checkpoint_final.pth`` is complete, and
+            ``--c`` on the finished run writes the exports again.
+    """
+    try:
+        written = [os.path.join(folder, "voco_encoder.pth")]
+        state = bundle.state_fn()
+        save_encoder(written[0], state, meta)
+        write_json_atomic(os.path.join(folder, "voco_encoder.json"), to_plain(meta))  # cheap to scan for the trainers
+        if meta.get("encoder_family") == "cnn":
+            from nnunet_voco.encoders.cnn import build_plans_network
+
+            pm, cm = first_source.plans_manager, first_source.configuration_manager
+            n_out = pm.get_label_manager(first_source.dataset_json).num_segmentation_heads
+            network = build_plans_network(pm, cm, first_source.num_input_channels, n_out)
+            transfer_encoder(network, state, meta)
+            written.append(os.path.join(folder, "pretrained_network.pth"))
+            save_atomic({"network_weights": {k: v.cpu() for k, v in network.state_dict().items()},
+                         "voco_meta": to_plain(meta)}, written[-1])
+    except DiskWriteError as e:
+        raise DiskWriteError(e.path, e.reason, f"{FINAL} is complete; free space there and run the same command "
+                                               f"with --c to write the exports again") from None
     return written
