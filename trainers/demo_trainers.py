@@ -37,7 +37,7 @@ __all__ = ["nnUNetTrainerVoCo_demo", "nnUNetTrainerVoCoScratch_demo", "nnUNetTra
            "nnUNetTrainerVoCoFrozenScratch_demo", "nnUNetTrainerVoCo_demoquick", "nnUNetTrainerVoCoScratch_demoquick",
            "nnUNetTrainerVoCoFrozen_demoquick", "nnUNetTrainerVoCoFrozenScratch_demoquick"]
 
-DEMO_BUDGET = (4, 10, 1)  # (epochs, iterations per epoch, batch size) of the default demo
+DEMO_BUDGET = (4, 8, 1)  # (epochs, iterations per epoch, batch size) of the default demo
 QUICK_BUDGET = (1, 2, 1)  # the same for --quick
 
 
