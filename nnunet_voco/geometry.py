@@ -117,7 +117,7 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
     minimum edge, ``max(stride, min_edge)`` rounded up to the stride (but never above the patch), keeps every stage at least one
     voxel wide (stride) and the first stages' 3x3x3 receptive fields mostly inside the crop
     (``min_edge`` = 16 voxels); crops whose deepest map would be a single voxel (instance norm has
-    nothing to normalise there) get the whole axis doubled where the median case allows it.
+    nothing to normalise there) get the whole axis doubled, even where that pads the window.
 
     Args:
         median_shape: median spatial case shape (preprocessed axis order).
@@ -143,12 +143,10 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
             break
     crop = [_fit_edge(median[a], g[a], cap[a], divisor[a], minimum[a]) for a in range(3)]
     if int(np.prod([c // d for c, d in zip(crop, divisor)])) < 2:  # a 1-voxel deepest map
-        whole = int(np.argmin(g))
-        if median[whole] >= 2 * crop[whole]:
-            crop[whole] *= 2
+        crop[int(np.argmin(g))] *= 2  # even if the window then exceeds the median case (padding is logged)
     crop_t = tuple(int(c) for c in crop)
     padded = [AXIS_NAMES[a] for a in range(3) if g[a] * crop_t[a] > median[a]]
-    rule = (f"window = grid x crop fits the median case {tuple(int(m) for m in median)}: grid {g} "
+    rule = (f"window = grid x crop fitted to the median case {tuple(int(m) for m in median)}: grid {g} "
             f"({'given' if grid is not None else f'{max(g)}x{max(g)} over the in-plane axes'}), each crop edge the "
             f"largest multiple of the stride {divisor} <= patch {tuple(int(p) for p in patch_size)} that fits, "
             f"minimum {minimum}")
