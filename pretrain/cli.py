@@ -73,8 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     for term, what in (("pos", "positive prediction"), ("neg", "negative prediction"), ("reg", "base regulariser"),
                        ("inter", "v2 inter-volume")):
         add(f"--{term}_weight", type=float, default=1.0, help=f"weight of the {what} term. Default 1")
-    add("--flip_prob", type=float, default=d.flip_prob, help="per-axis flip probability per crop. Default %(default)s")
-    add("--rot90_prob", type=float, default=d.rot90_prob, help="in-plane rot90 probability. Default %(default)s")
+    add("--flip_prob", type=float, default=d.flip_prob,
+        help="per-axis flip probability per crop. Default %(default)s (official). On short CPU runs 0 (with "
+             "--rot90_prob 0) learned the pretext faster: held-out position accuracy 0.30 -> 0.45 vs 0.30 -> 0.35 "
+             "after 300 steps on a phantom pool (README)")
+    add("--rot90_prob", type=float, default=d.rot90_prob, help="in-plane rot90 probability. Default %(default)s "
+        "(official)")
     add("--shift_prob", type=float, default=None, help="intensity shift (+-0.1) probability. Default 0.5 v2 / 0.1 v1")
     add("--scale_prob", type=float, default=d.scale_prob, help="intensity scale (x[0.9,1.1]) probability. "
         "Default %(default)s")
