@@ -74,7 +74,8 @@ def torchrun(entry: list[str], argv: list[str]) -> list[str]:
 
 def _rows(folder) -> list[dict]:
     path = os.path.join(folder, "metrics.jsonl")
-    return [json.loads(line) for line in open(path) if line.endswith("}\n")] if os.path.isfile(path) else []
+    rows = [json.loads(line) for line in open(path) if line.endswith("}\n")] if os.path.isfile(path) else []
+    return [r for r in rows if "loss" in r]  # training rows (held-out monitor rows have no loss)
 
 
 def test_ranks_draw_different_windows(toy, monkeypatch):
