@@ -76,11 +76,11 @@ class VoCoModel(nn.Module):
             return emb * keep / (1.0 - self.embedding_dropout)
         return F.dropout(emb, self.embedding_dropout, training=True)
 
-    def forward(self, targets: torch.Tensor, bases: torch.Tensor, overlaps: torch.Tensor) -> dict[str, torch.Tensor]:
-        """VoCo losses and statistics for one batch.
+    def _embeddings(self, targets: torch.Tensor, bases: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Student and teacher projections, split per volume: ``(st, sb, tt, tb)``.
 
-        Shapes:
-            targets: ``(B, S, C, *crop)``; bases: ``(B, K, C, *crop)``; overlaps: ``(B, S, K)``.
+        All crops pass the encoder as one batch; the student projector sees the (training-mode
+        only) dropped-out embedding, the teacher projector the clean one under no-grad.
         """
         b, s, k = targets.shape[0], targets.shape[1], bases.shape[1]
         crops = torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)])  # (B*S + B*K, C, *crop)
@@ -89,12 +89,16 @@ class VoCoModel(nn.Module):
         with torch.no_grad():
             teacher_emb = self.embed(crops, self.teacher_encoder) if self.teacher_encoder is not None else emb.detach()
             teacher = self.teacher_projector(teacher_emb)
+        split = [(z[: b * s].view(b, s, -1), z[b * s:].view(b, k, -1)) for z in (student, teacher)]
+        return split[0] + split[1]
 
-        def split(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return z[: b * s].view(b, s, -1), z[b * s:].view(b, k, -1)
+    def forward(self, targets: torch.Tensor, bases: torch.Tensor, overlaps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """VoCo losses and statistics for one batch.
 
-        (st, sb), (tt, tb) = split(student), split(teacher)
-        return self.loss(st, sb, tt, tb, overlaps)
+        Shapes:
+            targets: ``(B, S, C, *crop)``; bases: ``(B, K, C, *crop)``; overlaps: ``(B, S, K)``.
+        """
+        return self.loss(*self._embeddings(targets, bases), overlaps)
 
     @torch.no_grad()
     def position_logits(self, targets: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
@@ -106,14 +110,7 @@ class VoCoModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            b, s, k = targets.shape[0], targets.shape[1], bases.shape[1]
-            crops = torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)])
-            emb = self.embed(crops)
-            teacher_emb = self.embed(crops, self.teacher_encoder) if self.teacher_encoder is not None else emb
-            student, teacher = self.projector(emb), self.teacher_projector(teacher_emb)
-            st, sb = student[: b * s].view(b, s, -1), student[b * s:].view(b, k, -1)
-            tt, tb = teacher[: b * s].view(b, s, -1), teacher[b * s:].view(b, k, -1)
-            return self.loss.position_logits(st, sb, tt, tb)
+            return self.loss.position_logits(*self._embeddings(targets, bases))
         finally:
             self.train(was_training)
 

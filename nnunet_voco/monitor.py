@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_voco.sampling import WindowSampler, cut_crops
+from nnunet_voco.sampling import WindowSampler, cut_crops, read_window
 
 MONITOR_SEED = 20240217  # fixed: the held-out windows are the same for every run seed
 
@@ -108,8 +108,6 @@ class HeldOutWindows:
 
     def batches(self, batch_size: int):
         """Yields ``(targets (B, S, C, *crop), bases (B, K, C, *crop), overlaps (B, S, K))`` numpy batches."""
-        from nnunet_voco.sampling import read_window
-
         layout = self.sampler.layout
         for start in range(0, len(self.specs), batch_size):
             bases, targets, overlaps = [], [], []
