@@ -1,7 +1,7 @@
 """Gradient of the VoCo loss near collapse: hard clamp(0, 1) vs the straight-through cap, float32 vs float64.
 
 Near-collapsed embeddings (one common vector plus 1e-4 noise) make most float32 cosines round to >= 1.
-A hard ``clamp(0, 1)`` passes no gradient there; :func:`nnunet_voco.loss._logits` caps the value but
+A hard ``clamp(0, 1)`` passes no gradient there; :func:`nnunet_voco.voco.loss._logits` caps the value but
 keeps ReLU's gradient. Printed: the float32 / float64 gradient-norm ratio and cosine over 3 seeds, both
 presets (the float64 reference has no rounded-up cosines, so both variants agree there).
 
@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import nnunet_voco.loss as voco_loss  # noqa: E402
+import nnunet_voco.voco.loss as voco_loss  # noqa: E402
 from tests.test_loss import _near_collapsed  # noqa: E402
 
 

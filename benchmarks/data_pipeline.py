@@ -12,7 +12,7 @@ same cases:
 * ``full case read``: decompressing the whole case once, the floor of any pipeline that reads
   whole volumes.
 
-Data: :func:`prepare_benchmark_data` writes two synthetic CT-like phantoms (``nnunet_voco.phantom``)
+Data: :func:`prepare_benchmark_data` writes two synthetic CT-like phantoms (``nnunet_voco.demo.phantom``)
 as nnU-Net raw datasets and runs the real ``nnUNetv2_plan_and_preprocess`` on them once (ResEnc-M
 planner; cached under ``$TMPDIR/nnunet_voco_bench``): 4 cases of 80 x 256 x 256 voxels at
 2.5 x 1 x 1 mm, big enough for the default v2 window (grid 1 x 3 x 3 of 64^3 crops = 64 x 192 x 192),
@@ -39,10 +39,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nnunet_voco.augment import AugmentConfig  # noqa: E402
-from nnunet_voco.loader import VoCoStream, make_loader  # noqa: E402
-from nnunet_voco.sampling import CropLayout, WindowSampler, window_origin  # noqa: E402
-from nnunet_voco import geometry  # noqa: E402
+from nnunet_voco.voco.augment import AugmentConfig  # noqa: E402
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler, window_origin  # noqa: E402
+from nnunet_voco.voco import geometry  # noqa: E402
 
 DATA_VERSION = 1  # bump when the generated data change, so that stale caches are rebuilt
 LARGE = {"id": 991, "name": "BenchLarge", "shape": (80, 256, 256), "cases": 4}  # (z, y, x) at 2.5 x 1 x 1 mm
@@ -82,7 +82,7 @@ def prepare_benchmark_data(root: str | None = None, log=print) -> dict:
     Raises:
         RuntimeError: ``nnUNetv2_plan_and_preprocess`` failed (its output tail is in the message).
     """
-    from nnunet_voco import phantom
+    from nnunet_voco.demo import phantom
 
     root = root or default_root()
     env = nnunet_folders(root)

@@ -24,8 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from nnunet_voco import geometry  # noqa: E402
-from nnunet_voco.sampling import CropLayout, WindowSampler, padding_share, window_origin  # noqa: E402
+from nnunet_voco.voco import geometry  # noqa: E402
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler, padding_share, window_origin  # noqa: E402
 
 
 def _old_layout(patch, spacing) -> CropLayout:

@@ -16,7 +16,7 @@ any per-step host synchronisation, one synchronisation closes the timed window. 
 Reported per variant: steps/s, volumes/s, ms per step, peak GPU memory, and the share of the
 loop's wall time spent blocked on the data loader.
 
-Data (cached under ``$TMPDIR/nnunet_voco_bench_gpu``): phantom CT cases (``nnunet_voco.phantom``)
+Data (cached under ``$TMPDIR/nnunet_voco_bench_gpu``): phantom CT cases (``nnunet_voco.demo.phantom``)
 planned and preprocessed by ``nnUNetv2_plan_and_preprocess -pl nnUNetPlannerResEncL``. The
 dry run writes a tiny preprocessed dataset with hand-written ResEnc plans instead (seconds).
 """
@@ -44,7 +44,7 @@ PLANS_L = "nnUNetResEncUNetLPlans"
 
 def prepare_gpu_data(root: str, spec: dict, processes: int, log=print) -> list:
     """Phantoms planned with the ResEnc-L planner (once); returns the dataset sources."""
-    from nnunet_voco import phantom
+    from nnunet_voco.demo import phantom
     from nnunet_voco.nnunet import open_dataset
 
     os.environ.update(data_pipeline.nnunet_folders(root))

@@ -1,4 +1,4 @@
-"""Cost of verifying an unlabelled input (nnunet_voco.input_checks) against preprocessing it for the pool.
+"""Cost of verifying an unlabelled input (nnunet_voco.pool.input_checks) against preprocessing it for the pool.
 
     python benchmarks/input_checks_cost.py              # 512 x 512 x 300 CT, .nii.gz, about 2 minutes
     python benchmarks/input_checks_cost.py --shape 300 256 256 --repeats 1
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_voco import input_checks
-    from nnunet_voco.unlabeled_pool import preprocess_pool_case
+    from nnunet_voco.pool import input_checks
+    from nnunet_voco.pool.unlabeled_pool import preprocess_pool_case
 
     env = data_pipeline.prepare_benchmark_data()
     target = os.path.join(env["nnUNet_preprocessed"], f"Dataset{data_pipeline.LARGE['id']:03d}_"

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nnunet_voco.loss import VoCoLoss  # noqa: E402
+from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
 from tests.reference.voco_reference import reference_voco_loss  # noqa: E402
 
 DEFAULT_SIZES = ((2, 2, 16, 2048), (8, 4, 16, 2048), (16, 2, 9, 1024))  # (B, S, K, D)

@@ -29,17 +29,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nnunet_voco import geometry  # noqa: E402
-from nnunet_voco.augment import AugmentConfig  # noqa: E402
+from nnunet_voco.voco import geometry  # noqa: E402
+from nnunet_voco.voco.augment import AugmentConfig  # noqa: E402
 from nnunet_voco.encoders import build_encoder  # noqa: E402
-from nnunet_voco.heads import pool_stage_features  # noqa: E402
-from nnunet_voco.loader import VoCoStream, make_loader  # noqa: E402
-from nnunet_voco.loss import VoCoLoss  # noqa: E402
-from nnunet_voco.model import VoCoModel  # noqa: E402
+from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
+from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
+from nnunet_voco.voco.model import VoCoModel  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext, autocast_dtype  # noqa: E402
 from nnunet_voco.pretrain.loop import case_shapes, resolve_batch_size, resolve_layout, train_step  # noqa: E402
-from nnunet_voco.sampling import WindowSampler  # noqa: E402
+from nnunet_voco.voco.sampling import WindowSampler  # noqa: E402
 
 PHASES = ("data", "input", "forward", "backward", "optimizer", "ema")
 BASE_GRIDS = {4: (1, 2, 2), 9: (1, 3, 3), 16: (1, 4, 4), 27: (3, 3, 3)}
@@ -327,7 +327,7 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
 
 
 def _layout(bases: int, edge: int, targets: int):
-    from nnunet_voco.sampling import CropLayout
+    from nnunet_voco.voco.sampling import CropLayout
 
     return CropLayout((edge, edge, edge), BASE_GRIDS[bases], targets)
 

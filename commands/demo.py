@@ -6,8 +6,8 @@ Example::
     voco_demo --quick              # ~3 min smoke run (CI)
     voco_demo --out /tmp/demo -device cuda
 
-The stages, the split and the re-use rules are documented in :mod:`nnunet_voco.demo_stages` and
-:mod:`nnunet_voco.demo_workflow`; this module only parses flags.
+The stages, the split and the re-use rules are documented in :mod:`nnunet_voco.demo.stages` and
+:mod:`nnunet_voco.demo.workflow`; this module only parses flags.
 """
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                              "cpu). The budget is sized for CPU either way")
     args = parser.parse_args(argv)
 
-    from nnunet_voco.demo_workflow import run_demo
-    from nnunet_voco.discovery import ensure_startup_hook
+    from nnunet_voco.demo.workflow import run_demo
+    from nnunet_voco.trainers.discovery import ensure_startup_hook
 
     ensure_startup_hook()  # so that nnUNetv2_train/predict find the demo trainers
     try:

@@ -8,7 +8,7 @@ Files (see DESIGN.md section 5):
 
 Every file is written to a temporary name in the same folder, flushed, fsynced and moved into place
 with ``os.replace``, so a crash (or a full disk) never leaves a truncated file under the final name;
-a full, read-only or vanished disk raises :class:`~nnunet_voco.disk_errors.DiskWriteError`.
+a full, read-only or vanished disk raises :class:`~nnunet_voco.storage.disk_errors.DiskWriteError`.
 Every file is read with ``torch.load(weights_only=True)``: a checkpoint from the internet can carry a
 pickled object that executes code, and that is refused.
 """
@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from nnunet_voco.disk_errors import disk_write_error, remove_quietly
+from nnunet_voco.storage.disk_errors import disk_write_error, remove_quietly
 
 SCHEMA_VERSION = 1
 ENCODER_FORMAT = "nnunet_voco.encoder"

@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``voco_pretrain``; returns the exit code (0 done, 1 training failed, 2 bad input or folder in
     use by another run, 3 disk full / not writable, 128 + signal when interrupted)."""
     from nnunet_voco.checkpoint import CheckpointError
-    from nnunet_voco.discovery import ensure_startup_hook
-    from nnunet_voco.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-    from nnunet_voco.disk_errors import DiskWriteError, disk_write_error
-    from nnunet_voco.folder_lock import release_all
+    from nnunet_voco.trainers.discovery import ensure_startup_hook
+    from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
+    from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error
+    from nnunet_voco.storage.folder_lock import release_all
     from nnunet_voco.nnunet import UserInputError
 
     args = build_parser().parse_args(argv)

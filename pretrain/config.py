@@ -10,7 +10,7 @@ IDENTITY_FIELDS = (
     "num_targets", "head_dim",
 )
 # Fields that shape the learning-rate / momentum schedule: --c refuses other values (--num_steps may
-# change: that redefines the schedule from the resume step, see nnunet_voco.run_schedule).
+# change: that redefines the schedule from the resume step, see nnunet_voco.pretrain.run_schedule).
 SCHEDULE_FIELDS = ("lr", "min_lr", "warmup_steps", "ema_momentum", "ema_momentum_final")
 
 

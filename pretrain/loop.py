@@ -1,7 +1,7 @@
 """``run_pretraining(config)``: the VoCo pre-training loop, read top to bottom.
 
 One step: a batch of volumes (each ``K`` base + ``S`` target crops with overlap targets) ->
-:class:`~nnunet_voco.model.VoCoModel` -> losses -> backward -> gradient clipping -> AdamW with
+:class:`~nnunet_voco.voco.model.VoCoModel` -> losses -> backward -> gradient clipping -> AdamW with
 warm-up + cosine learning rate -> EMA teacher update. Runs on CPU, one GPU, or many under torchrun
 (DDP; teachers take no gradients, so no ``find_unused_parameters``).
 """
@@ -18,15 +18,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_voco import geometry
-from nnunet_voco.augment import AugmentConfig, augment_crops
+from nnunet_voco.voco import geometry
+from nnunet_voco.voco.augment import AugmentConfig, augment_crops
 from nnunet_voco.encoders import build_encoder
-from nnunet_voco.loader import VoCoStream, make_loader
-from nnunet_voco.loss import VoCoLoss
-from nnunet_voco.model import VoCoModel
-from nnunet_voco.monitor import HeldOutWindows, LearningGuard, evaluate, split_cases
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader
+from nnunet_voco.voco.loss import VoCoLoss
+from nnunet_voco.voco.model import VoCoModel
+from nnunet_voco.voco.monitor import HeldOutWindows, LearningGuard, evaluate, split_cases
 from nnunet_voco.nnunet import UserInputError, open_datasets, voco_output_folder
-from nnunet_voco.sampling import CropLayout, WindowSampler
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 from nnunet_voco.pretrain import outputs
 from nnunet_voco.pretrain.distributed import StopRequest, autocast, autocast_dtype, init_context
 

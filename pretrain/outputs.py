@@ -17,14 +17,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_voco import __version__, folder_lock
+from nnunet_voco import __version__
+from nnunet_voco.storage import folder_lock
 from nnunet_voco.checkpoint import STATE_FORMAT, SCHEMA_VERSION, CheckpointError, check_schema, load_file, save_atomic
 from nnunet_voco.checkpoint import save_encoder, write_json_atomic
 from nnunet_voco.checkpoint import to_plain, transfer_encoder
-from nnunet_voco.disk_errors import DiskWriteError, disk_write_error, remove_quietly
+from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error, remove_quietly
 from nnunet_voco.nnunet import UserInputError
 from nnunet_voco.pretrain.config import SCHEDULE_FIELDS
-from nnunet_voco.run_schedule import RunSchedule, default_warmup
+from nnunet_voco.pretrain.run_schedule import RunSchedule, default_warmup
 
 LATEST, FINAL = "checkpoint_latest.pth", "checkpoint_final.pth"
 LOCK_FILE = ".voco.lock"
@@ -36,7 +37,7 @@ def claim_output_folder(folder: str, config, ctx) -> tuple[str | None, folder_lo
 
     Returns:
         ``(checkpoint to resume from or None, the lock on rank 0 / None elsewhere)``; release the lock
-        when the run ends (:func:`nnunet_voco.folder_lock.release_all` also does).
+        when the run ends (:func:`nnunet_voco.storage.folder_lock.release_all` also does).
 
     Raises:
         FolderBusy: another run holds the folder (with or without ``--c``).
@@ -112,8 +113,8 @@ def write_config(folder: str, config, extra: dict) -> None:
 
 
 def write_progress(folder: str, history) -> None:
-    """``progress.png`` (see :func:`nnunet_voco.progress_plot.plot_progress`); a full disk is a DiskWriteError."""
-    from nnunet_voco.progress_plot import plot_progress
+    """``progress.png`` (see :func:`nnunet_voco.pretrain.progress_plot.plot_progress`); a full disk is a DiskWriteError."""
+    from nnunet_voco.pretrain.progress_plot import plot_progress
 
     path = os.path.join(folder, "progress.png")
     try:
@@ -268,7 +269,7 @@ def resume_schedule(config, trained: dict | None, resume_from: str | None, step:
 
     A new run gets the plain schedule. ``--c`` keeps the schedule the checkpoint was trained with;
     another ``--num_steps`` redefines it from ``step`` on (no jump, see
-    :mod:`nnunet_voco.run_schedule`) and says so in the log.
+    :mod:`nnunet_voco.pretrain.run_schedule`) and says so in the log.
 
     Raises:
         UserInputError: ``--num_steps`` is below the step the checkpoint reached.
@@ -294,7 +295,7 @@ def resume_schedule(config, trained: dict | None, resume_from: str | None, step:
 
 def encoder_meta(bundle_meta: dict, sources, config, layout, steps: int) -> dict:
     """Metadata of ``voco_encoder.pth`` (everything the fine-tuning trainer checks)."""
-    from nnunet_voco.unlabeled_pool import read_pool_provenance
+    from nnunet_voco.pool.unlabeled_pool import read_pool_provenance
 
     first = sources[0]
     cm, pm = first.configuration_manager, first.plans_manager

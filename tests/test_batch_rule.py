@@ -5,7 +5,7 @@ import pytest
 
 from nnunet_voco.pretrain.config import PretrainConfig
 from nnunet_voco.pretrain.loop import resolve_batch_size
-from nnunet_voco.sampling import CropLayout
+from nnunet_voco.voco.sampling import CropLayout
 
 
 @pytest.mark.parametrize("plans_batch, patch, crop, grid, targets, expected", [

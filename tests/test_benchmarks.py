@@ -13,12 +13,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import data_pipeline, gpu, step_profile  # noqa: E402
 from benchmarks.loss_benchmark import benchmark_loss  # noqa: E402
-from nnunet_voco.augment import AugmentConfig, CropTransforms, apply_transforms, draw_transforms, transform_into  # noqa: E402
-from nnunet_voco.loader import VoCoStream  # noqa: E402
+from nnunet_voco.voco.augment import AugmentConfig, CropTransforms, apply_transforms, draw_transforms, transform_into  # noqa: E402
+from nnunet_voco.nnunet.loader import VoCoStream  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
-from nnunet_voco.sampling import CropLayout, WindowSampler, cut_crops  # noqa: E402
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler, cut_crops  # noqa: E402
 
 TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
 LAYOUT = CropLayout((4, 8, 8), (1, 3, 3), 2)

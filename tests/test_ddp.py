@@ -22,10 +22,10 @@ import torch
 
 from conftest import TOY_ID, TOY_NAME, nnunet_env
 from nnunet_voco.checkpoint import load_file
-from nnunet_voco.loader import VoCoStream
+from nnunet_voco.nnunet.loader import VoCoStream
 from nnunet_voco.nnunet import open_datasets
 from nnunet_voco.pretrain.outputs import LATEST
-from nnunet_voco.sampling import CropLayout, WindowSampler
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 
 FAST = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--head_dim", "64", "--log_every", "1",
         "--num_workers", "0"]
@@ -34,7 +34,7 @@ TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 # Runs voco_pretrain under torchrun; rank 1 fails in its second forward pass.
 FAULTY_RANK = textwrap.dedent("""
     import os, sys
-    from nnunet_voco.model import VoCoModel
+    from nnunet_voco.voco.model import VoCoModel
     from nnunet_voco.pretrain import cli
 
     if os.environ["RANK"] == "1":

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from conftest import run
-from nnunet_voco.demo_figure import pick_slice
-from nnunet_voco.demo_report import CLASS_NAMES, format_table, monitor_rows, read_dice, seed_stats, verdict
-from nnunet_voco.demo_stages import (ARMS, COMPARISONS, N_SPLIT_FOLDS, PRESETS, DemoFolders, Stage, build_stages,
+from nnunet_voco.demo.figure import pick_slice
+from nnunet_voco.demo.report import CLASS_NAMES, format_table, monitor_rows, read_dice, seed_stats, verdict
+from nnunet_voco.demo.stages import (ARMS, COMPARISONS, N_SPLIT_FOLDS, PRESETS, DemoFolders, Stage, build_stages,
                                      write_splits)
 from nnunet_voco.trainers.demo_trainers import DEMO_BUDGET
-from nnunet_voco.demo_workflow import load_state, run_stages
+from nnunet_voco.demo.workflow import load_state, run_stages
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from nnunet_voco import discovery
+from nnunet_voco.trainers import discovery
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -56,6 +56,6 @@ def test_regular_install_ships_a_working_hook(tmp_path):
     code = "import os, sysconfig; print(os.environ.get('nnUNet_extTrainer', '')); print(sysconfig.get_paths()['purelib'])"
     value, site_dir = subprocess.run([py, "-c", code], env=env, capture_output=True, text=True,
                                      check=True).stdout.split()
-    shim = os.path.join(site_dir, "nnunet_voco", "nnunet_trainers")
+    shim = os.path.join(site_dir, "nnunet_voco", "trainers", "nnunet_shim")
     assert value == shim and os.path.isfile(os.path.join(shim, "nnunet_voco_trainers.py"))
     assert {"nnunet_voco.pth", "_nnunet_voco_autoload.py"} <= set(os.listdir(site_dir))

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnunet_voco import geometry
+from nnunet_voco.voco import geometry
 
 BOXES_221 = geometry.base_crop_offsets((4, 4, 4), (2, 2, 1))
 

@@ -1,4 +1,4 @@
-"""Tests for nnunet_voco.loss: closed forms worked out by hand, and equality with the loop reference."""
+"""Tests for nnunet_voco.voco.loss: closed forms worked out by hand, and equality with the loop reference."""
 import math
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_voco.loss import VoCoLoss
+from nnunet_voco.voco.loss import VoCoLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.reference.voco_reference import reference_voco_loss  # noqa: E402

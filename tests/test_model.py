@@ -4,12 +4,12 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 
-from nnunet_voco.augment import AugmentConfig, augment_crops
+from nnunet_voco.voco.augment import AugmentConfig, augment_crops
 from nnunet_voco.encoders.bundle import EncoderBundle
-from nnunet_voco.heads import ProjectionHead, pool_stage_features
-from nnunet_voco.loss import VoCoLoss
-from nnunet_voco.model import VoCoModel
-from nnunet_voco.sampling import CropLayout, cut_crops, read_window, window_origin
+from nnunet_voco.voco.heads import ProjectionHead, pool_stage_features
+from nnunet_voco.voco.loss import VoCoLoss
+from nnunet_voco.voco.model import VoCoModel
+from nnunet_voco.voco.sampling import CropLayout, cut_crops, read_window, window_origin
 
 
 def tiny_resenc() -> ResidualEncoderUNet:

@@ -1,8 +1,8 @@
-"""Tests for nnunet_voco.monitor: metrics worked out by hand, the deterministic hold-out, the guard."""
+"""Tests for nnunet_voco.voco.monitor: metrics worked out by hand, the deterministic hold-out, the guard."""
 import numpy as np
 import pytest
 
-from nnunet_voco.monitor import LearningGuard, position_metrics, split_cases
+from nnunet_voco.voco.monitor import LearningGuard, position_metrics, split_cases
 
 
 def test_position_metrics_by_hand():

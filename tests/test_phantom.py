@@ -1,4 +1,4 @@
-"""Tests for the synthetic phantom behind ``voco_demo`` (nnunet_voco/phantom.py)."""
+"""Tests for the synthetic phantom behind ``voco_demo`` (nnunet_voco/demo/phantom.py)."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_voco.phantom import LABELS, generate_case, write_nnunet_raw_dataset, write_unlabelled_images
+from nnunet_voco.demo.phantom import LABELS, generate_case, write_nnunet_raw_dataset, write_unlabelled_images
 
 SMALL = dict(shape=(20, 32, 32), spacing=(2.5, 1.0, 1.0))  # keeps the writer tests fast
 

@@ -20,18 +20,19 @@ import pytest
 import torch
 
 from conftest import PRETRAIN_FAST, TOY_ID, TOY_NAME, script
-from nnunet_voco import folder_lock, input_checks
+from nnunet_voco.storage import folder_lock
+from nnunet_voco.pool import input_checks
 from nnunet_voco.checkpoint import load_file, save_atomic
-from nnunet_voco.disk_errors import EXIT_CODE, DiskWriteError
+from nnunet_voco.storage.disk_errors import EXIT_CODE, DiskWriteError
 from nnunet_voco.pretrain import outputs
 from nnunet_voco.pretrain.config import PretrainConfig
-from nnunet_voco.run_schedule import RunSchedule
-from nnunet_voco.schedule import lr_at
+from nnunet_voco.pretrain.run_schedule import RunSchedule
+from nnunet_voco.voco.schedule import lr_at
 
 FAST = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--head_dim", "64", "--num_workers", "0"]
 LOCK_HOLDER = """
 import sys, time
-from nnunet_voco import folder_lock
+from nnunet_voco.storage import folder_lock
 folder_lock.acquire(sys.argv[1], sys.argv[2])
 print("locked", flush=True)
 time.sleep(600)
@@ -137,7 +138,7 @@ def _write_progress(folder, version):
 
 
 def _write_pool_json(folder, version):
-    from nnunet_voco.unlabeled_pool import _write_json
+    from nnunet_voco.pool.unlabeled_pool import _write_json
 
     _write_json(os.path.join(folder, "voco_pool.json"), {"version": version, "pad": "x" * 20000})
 
@@ -260,7 +261,7 @@ def test_pool_on_a_full_disk_exits_3_and_keeps_finished_cases(pool_env):
     err = [line for line in again.stderr.splitlines() if line.startswith("voco_preprocess_unlabeled: error:")]
     assert len(err) == 1 and "Traceback" not in again.stderr, again.stderr
     assert f"cannot write {data}/{victim}.b2nd (No space left on device); finished cases are kept" in err[0]
-    from nnunet_voco.unlabeled_pool import read_pool_provenance
+    from nnunet_voco.pool.unlabeled_pool import read_pool_provenance
 
     cases = len(os.listdir(images))
     assert read_pool_provenance(pool)["num_cases"] in (cases, cases - 1)  # whole: the old record, or the new one
@@ -335,7 +336,7 @@ def test_unusable_volume_is_refused(array, spacing, reason):
 
 
 def test_pool_skips_and_lists_every_bad_input(planned_toy, tmp_path, monkeypatch):
-    from nnunet_voco import unlabeled_pool as up
+    from nnunet_voco.pool import unlabeled_pool as up
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, planned_toy[key])

@@ -27,8 +27,8 @@ from conftest import TOY_ID, TOY_NAME, nnunet_env
 from nnunet_voco.checkpoint import STATE_FORMAT, CheckpointError, load_file
 from nnunet_voco.pretrain import cli
 from nnunet_voco.pretrain.outputs import LATEST
-from nnunet_voco.sampling import read_window, window_origin
-from nnunet_voco.schedule import lr_at
+from nnunet_voco.voco.sampling import read_window, window_origin
+from nnunet_voco.voco.schedule import lr_at
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 FAST = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--head_dim", "64", "--log_every", "1"]
@@ -105,8 +105,8 @@ def _toy_case(env: dict, identifier: str):
 # ============ resume ============
 def test_resume_restores_weights_teacher_optimizer_and_rng_exactly(use_env, tmp_path):
     from nnunet_voco.encoders import build_encoder
-    from nnunet_voco.loss import VoCoLoss
-    from nnunet_voco.model import VoCoModel
+    from nnunet_voco.voco.loss import VoCoLoss
+    from nnunet_voco.voco.model import VoCoModel
     from nnunet_voco.nnunet import open_datasets
     from nnunet_voco.pretrain.config import PretrainConfig
     from nnunet_voco.pretrain.outputs import load_state, save_state

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from nnunet_voco.ema import make_teacher, momentum_at, update_ema
-from nnunet_voco.finetune_schedule import WarmupPolyLRScheduler, warmup_poly_factor
-from nnunet_voco.schedule import lr_at
+from nnunet_voco.voco.ema import make_teacher, momentum_at, update_ema
+from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler, warmup_poly_factor
+from nnunet_voco.voco.schedule import lr_at
 
 
 @pytest.mark.parametrize("m", [0.0, 0.5, 1.0])

@@ -1,4 +1,4 @@
-"""Tests for nnunet_voco.unlabeled_pool and the voco_preprocess_unlabeled command.
+"""Tests for nnunet_voco.pool.unlabeled_pool and the voco_preprocess_unlabeled command.
 
 A tiny CT-like TARGET (4 cases) is planned with the real ``nnUNetv2_plan_and_preprocess``; pool cases
 must then equal nnU-Net's own preprocessing of the same image as a TARGET case.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import script
-from nnunet_voco import unlabeled_pool as up
+from nnunet_voco.pool import unlabeled_pool as up
 
 TARGET_ID = 901
 ANATOMICAL = os.path.join(os.path.dirname(pytest.importorskip("nibabel").__file__), "tests", "data", "anatomical.nii")

@@ -1,7 +1,7 @@
 """nnUNetTrainer subclasses of nnunet-voco (installed as ``nnunet_voco.trainers``).
 
-nnU-Net finds them through the shim folder ``nnunet_voco/nnunet_trainers`` listed in
-``nnUNet_extTrainer`` (set automatically at start-up, see :mod:`nnunet_voco.discovery`).
+nnU-Net finds them through the shim folder ``nnunet_shim`` (next to this file) listed in
+``nnUNet_extTrainer`` (set automatically at start-up, see :mod:`nnunet_voco.trainers.discovery`).
 """
 from nnunet_voco.trainers.voco_trainers import *  # noqa: F401,F403
 from nnunet_voco.trainers.voco_trainers import __all__ as _cnn

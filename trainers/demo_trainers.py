@@ -1,6 +1,6 @@
 """Demo-budget variants of the four VoCo arms, seeded from the fold number (fold = seed).
 
-``voco_demo`` (:mod:`nnunet_voco.demo_stages`) compares, on the same labelled phantom cases:
+``voco_demo`` (:mod:`nnunet_voco.demo.stages`) compares, on the same labelled phantom cases:
 
     * frozen probe: ``nnUNetTrainerVoCoFrozen_demo`` vs ``nnUNetTrainerVoCoFrozenScratch_demo``
       (:mod:`nnunet_voco.trainers.frozen_trainers`);
@@ -18,7 +18,7 @@ of one experiment. nnU-Net's augmentation workers are not made deterministic: tw
 seed differ a little. ``fold == "all"`` uses seed 0.
 
 Budgets (``(epochs, iterations per epoch, batch size)``, fitted to 2 CPU cores; the timing behind
-them is in :mod:`nnunet_voco.demo_stages`): ``_demo`` for the default ``voco_demo`` run,
+them is in :mod:`nnunet_voco.demo.stages`): ``_demo`` for the default ``voco_demo`` run,
 ``_demoquick`` for ``voco_demo --quick`` (a CI smoke test; its Dice says nothing). Both run one
 validation iteration per epoch and no test-time mirroring in nnU-Net's final validation and in
 ``nnUNetv2_predict``, which keeps CPU inference cheap.

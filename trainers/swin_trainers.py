@@ -32,9 +32,9 @@ import torch
 
 from nnunet_voco.checkpoint import load_encoder, unwrap_network
 from nnunet_voco.encoders.swin import SWIN_ENCODER_PREFIXES, SWIN_KEY_TO_ENCODER, build_swin_network, swin_patch_size
-from nnunet_voco.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
 from nnunet_voco.trainers.voco_trainers import _SmokeMixin, nnUNetTrainerVoCo
-from nnunet_voco.weights_lookup import find_voco_weights
+from nnunet_voco.nnunet.weights_lookup import find_voco_weights
 
 __all__ = ["nnUNetTrainerVoCoSwin", "nnUNetTrainerSwinScratch", "nnUNetTrainerVoCoSwin_smoke",
            "nnUNetTrainerSwinScratch_smoke"]

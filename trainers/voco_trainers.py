@@ -2,9 +2,9 @@
 
 ``nnUNetv2_train D 3d_fullres FOLD -tr nnUNetTrainerVoCo [-p nnUNetResEncUNetMPlans]`` builds exactly
 the network nnU-Net plans for D, finds the weights ``voco_pretrain`` wrote for the same dataset, plans
-and configuration (or ``$nnUNet_voco_weights``; rules in :mod:`nnunet_voco.weights_lookup`), checks
+and configuration (or ``$nnUNet_voco_weights``; rules in :mod:`nnunet_voco.nnunet.weights_lookup`), checks
 that they fit, loads them loudly into the encoder at the start of a fresh training run, and trains
-with nnU-Net's recipe plus a learning-rate warm-up (:mod:`nnunet_voco.finetune_schedule`).
+with nnU-Net's recipe plus a learning-rate warm-up (:mod:`nnunet_voco.nnunet.finetune_schedule`).
 
 Defaults and why:
     * ``voco_warmup_epochs = 20`` of 1000 (2%): linear warm-up of nnU-Net's SGD (lr 1e-2, momentum
@@ -25,8 +25,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_voco.checkpoint import unwrap_network
-from nnunet_voco.finetune import load_voco_weights
-from nnunet_voco.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.nnunet.finetune import load_voco_weights
+from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
 
 __all__ = [
     "nnUNetTrainerVoCo", "nnUNetTrainerVoCo_100epochs", "nnUNetTrainerVoCo_250epochs", "nnUNetTrainerVoCo_500epochs",

@@ -1,7 +1,7 @@
 """Slow loop reference for the VoCo loss, written from the formulas in VOCO_SPEC.md (1.5, 2.4).
 
 One volume, one target crop, one base crop and one base pair at a time, exactly as the equations
-read. ``nnunet_voco.loss.VoCoLoss`` must match it in values and gradients. Logits are ReLU-ed
+read. ``nnunet_voco.voco.loss.VoCoLoss`` must match it in values and gradients. Logits are ReLU-ed
 cosines clamped at 1, as in ``VoCoLoss`` (the clamp only removes rounding above 1).
 """
 import torch

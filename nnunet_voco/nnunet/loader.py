@@ -8,7 +8,7 @@ pre-training on thousands of cases is equivalent to shuffled epochs and needs no
 
 Per volume a worker reads the window once (only that region of the memory-mapped case), and
 writes every crop once: straight from the window into its slot of the sample, flipped, rotated
-and intensity-augmented on the way (:func:`nnunet_voco.augment.transform_into`). The DataLoader's
+and intensity-augmented on the way (:func:`nnunet_voco.voco.augment.transform_into`). The DataLoader's
 collation then stacks the volumes of a batch into shared memory, and on CUDA its pin-memory
 thread copies the batch into page-locked memory so that the loop's ``non_blocking`` copies overlap
 with compute.
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nnunet_voco.augment import AugmentConfig, draw_transforms, transform_into
-from nnunet_voco.sampling import WindowSampler, crop_views
+from nnunet_voco.voco.augment import AugmentConfig, draw_transforms, transform_into
+from nnunet_voco.voco.sampling import WindowSampler, crop_views
 
 
 class VoCoStream(IterableDataset):

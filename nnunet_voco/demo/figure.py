@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo_report import CLASS_NAMES, LOSS_TERMS, read_metrics
-from nnunet_voco.demo_stages import ARMS, DemoFolders
+from nnunet_voco.demo.report import CLASS_NAMES, LOSS_TERMS, read_metrics
+from nnunet_voco.demo.stages import ARMS, DemoFolders
 
 _COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8")  # liver, spleen, kidneys, spine
 _WINDOW_HU = (-250.0, 450.0)  # soft tissue to bone, so organs and vertebrae both read
@@ -90,7 +90,7 @@ def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
 
     Args:
         folders: The preset's folders.
-        results: From :func:`nnunet_voco.demo_report.collect_results`.
+        results: From :func:`nnunet_voco.demo.report.collect_results`.
         path: Output PNG file.
 
     Returns:

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo_stages import ARMS, COMPARISONS, SYNTHETIC_NOTE, DemoFolders
-from nnunet_voco.phantom import LABELS
+from nnunet_voco.demo.stages import ARMS, COMPARISONS, SYNTHETIC_NOTE, DemoFolders
+from nnunet_voco.demo.phantom import LABELS
 
 CLASS_NAMES = {str(v): k for k, v in LABELS.items() if v > 0}
 LOSS_TERMS = ("loss", "pos", "neg", "reg", "inter")
@@ -131,7 +131,7 @@ def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
 
     Args:
         folders: The preset's folders.
-        state: From :func:`nnunet_voco.demo_workflow.run_stages`.
+        state: From :func:`nnunet_voco.demo.workflow.run_stages`.
         device: Device the run used.
 
     Returns:
@@ -234,13 +234,13 @@ def write_report(folders: DemoFolders, state: dict, device: str) -> dict:
 
     Args:
         folders: The preset's folders.
-        state: From :func:`nnunet_voco.demo_workflow.run_stages`.
+        state: From :func:`nnunet_voco.demo.workflow.run_stages`.
         device: Device the run used.
 
     Returns:
         The results dictionary, with ``figure`` and ``table`` paths added.
     """
-    from nnunet_voco.demo_figure import plot_demo_figure  # matplotlib only here
+    from nnunet_voco.demo.figure import plot_demo_figure  # matplotlib only here
 
     results = collect_results(folders, state, device)
     results["figure"] = plot_demo_figure(folders, results, os.path.join(folders.run, "voco_demo.png"))

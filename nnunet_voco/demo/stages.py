@@ -1,9 +1,9 @@
 """The stages of ``voco_demo``: presets, folders, and the command each stage runs.
 
 Everything runs through the commands a user would type, on a synthetic CT-like phantom
-(:mod:`nnunet_voco.phantom`; not patient data). Stage, command, and the output that marks it done:
+(:mod:`nnunet_voco.demo.phantom`; not patient data). Stage, command, and the output that marks it done:
 
-- ``data``: ``nnunet_voco.phantom.write_nnunet_raw_dataset`` (in-process); the raw ``dataset.json``
+- ``data``: ``nnunet_voco.demo.phantom.write_nnunet_raw_dataset`` (in-process); the raw ``dataset.json``
   with this preset's seeds and every image file. Training and held-out cases both go to
   ``imagesTr``/``labelsTr``; the split below keeps them apart.
 - ``plan``: ``nnUNetv2_plan_and_preprocess -d ID -c 3d_fullres -np 1 -npfp 1``; the plans and every
@@ -54,12 +54,12 @@ import json
 import os
 from collections.abc import Callable
 
-from nnunet_voco.phantom import write_nnunet_raw_dataset
+from nnunet_voco.demo.phantom import write_nnunet_raw_dataset
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
 N_SPLIT_FOLDS = 6  # identical folds: 0-2 for the report, 3-5 for tuning
-SYNTHETIC_NOTE = ("SYNTHETIC DATA: procedurally generated CT-like phantom (nnunet_voco.phantom), not patient "
+SYNTHETIC_NOTE = ("SYNTHETIC DATA: procedurally generated CT-like phantom (nnunet_voco.demo.phantom), not patient "
                   "data. The numbers show what the pipeline measures, not how well VoCo works on real CT.")
 
 # Pre-training settings of the default demo (single place to change them).
@@ -224,7 +224,7 @@ def _labelled_seeds(preset: DemoPreset) -> tuple[int, ...]:
 def _phantom_call(folders: DemoFolders) -> str:
     """The ``write_nnunet_raw_dataset`` call of the data stage, as Python source (double quotes, for a shell)."""
     p = folders.preset
-    return (f"from nnunet_voco.phantom import write_nnunet_raw_dataset; write_nnunet_raw_dataset("
+    return (f"from nnunet_voco.demo.phantom import write_nnunet_raw_dataset; write_nnunet_raw_dataset("
             f"{json.dumps(folders.raw)}, {p.dataset_id}, {json.dumps(p.dataset_name)}, labelled_seeds="
             f"{_seeds(p.train_seeds)} + {_seeds(p.heldout_seeds)}, unlabelled_seeds={_seeds(p.unlabelled_seeds)}, "
             f"shape={p.shape})")

@@ -6,7 +6,7 @@ site-packages, and the hook appends our shim folder to the variable at every int
 An editable install (PEP 660) does not install ``data_files``, so every ``voco_*`` command calls
 :func:`ensure_startup_hook`, which writes the same ``.pth`` file once and says so.
 
-Fallback without the hook: ``export nnUNet_extTrainer=$(python -c "import nnunet_voco.discovery as d;
+Fallback without the hook: ``export nnUNet_extTrainer=$(python -c "import nnunet_voco.trainers.discovery as d;
 print(d.shim_folder())")``.
 """
 from __future__ import annotations
@@ -16,11 +16,12 @@ import sys
 import sysconfig
 
 PTH_NAME = "nnunet_voco.pth"
+SHIM_FOLDER = "nnunet_shim"  # inside nnunet_voco.trainers; nnU-Net imports its modules under bare names
 
 
 def shim_folder() -> str:
     """The folder nnU-Net must scan: it holds only a module re-exporting ``nnunet_voco.trainers``."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_trainers")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), SHIM_FOLDER)
 
 
 def _pth_line() -> str:
@@ -40,14 +41,21 @@ def register_in_environment() -> None:
 def ensure_startup_hook(quiet: bool = False) -> str | None:
     """Install ``nnunet_voco.pth`` into site-packages if no hook is there yet; returns its path.
 
-    Does nothing when a hook file already exists (regular installs ship one). Never raises: a
+    Keeps a hook file that is already there (regular installs ship one) unless it is one of ours
+    pointing at another shim folder (an older layout or checkout), which is rewritten. Never raises: a
     read-only site-packages only costs the automatic discovery, and the message says what to do.
     """
     register_in_environment()
     site = sysconfig.get_paths()["purelib"]
     path = os.path.join(site, PTH_NAME)
     if os.path.isfile(path):
-        return path
+        try:
+            with open(path) as f:
+                current = f.read()
+        except OSError:
+            return path
+        if "_nnunet_voco_autoload" in current or current == _pth_line() or "nnUNet_extTrainer" not in current:
+            return path
     try:
         with open(path + ".tmp", "w") as f:
             f.write(_pth_line())

@@ -1,4 +1,4 @@
-"""Runs ``voco_demo``: the stages of :mod:`nnunet_voco.demo_stages` in order, re-entrantly, then the report.
+"""Runs ``voco_demo``: the stages of :mod:`nnunet_voco.demo.stages` in order, re-entrantly, then the report.
 
 Each stage prints a banner and the command a user would type, then streams the command's output (also
 kept in ``<work>/<preset>/logs/<stage>.log``). A stage whose outputs exist is reused, with "reusing"
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from nnunet_voco.demo_stages import ARMS, PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
+from nnunet_voco.demo.stages import ARMS, PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
 
 
 def _executable(name: str) -> str:
@@ -74,7 +74,7 @@ def run_stages(stages: list[Stage], folders: DemoFolders, state: dict) -> dict:
     (continuing an interrupted pre-training or training, or starting over when an input changed).
 
     Args:
-        stages: From :func:`nnunet_voco.demo_stages.build_stages`.
+        stages: From :func:`nnunet_voco.demo.stages.build_stages`.
         folders: The preset's folders (logs go to ``<run>/logs``).
         state: ``{"stages": {key: {...}}}`` from :func:`load_state`; saved after every stage.
 
@@ -149,7 +149,7 @@ def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> di
 
     Args:
         work: Work folder; created if missing. nnU-Net's three folders live inside it.
-        preset_name: A key of :data:`nnunet_voco.demo_stages.PRESETS` ("default" or "quick").
+        preset_name: A key of :data:`nnunet_voco.demo.stages.PRESETS` ("default" or "quick").
         device: ``cpu`` or ``cuda`` for pre-training and training.
 
     Returns:
@@ -161,7 +161,7 @@ def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> di
     """
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
-    from nnunet_voco.demo_report import write_report  # matplotlib: imported only when needed
+    from nnunet_voco.demo.report import write_report  # matplotlib: imported only when needed
 
     folders = DemoFolders(work, PRESETS[preset_name])
     print(_describe(folders, device), flush=True)

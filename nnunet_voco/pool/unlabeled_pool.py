@@ -20,8 +20,8 @@ Each case is written under temporary names and moved into place with ``os.replac
 data file last (nnU-Net lists cases by that file), so a killed run never leaves a half case that looks
 done, and re-running the same command resumes. A lock (``$nnUNet_preprocessed/.voco_pool_NNN.lock``)
 refuses a second writer of the same pool id. Inputs are verified before they are used
-(:mod:`nnunet_voco.input_checks`: truncated files, constant or non-finite volumes, 2-D, absurd spacing);
-a full or read-only disk stops the run with :class:`~nnunet_voco.disk_errors.DiskWriteError`.
+(:mod:`nnunet_voco.pool.input_checks`: truncated files, constant or non-finite volumes, 2-D, absurd spacing);
+a full or read-only disk stops the run with :class:`~nnunet_voco.storage.disk_errors.DiskWriteError`.
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from nnunet_voco import folder_lock, input_checks
-from nnunet_voco.disk_errors import DiskWriteError, disk_write_error, remove_quietly
+from nnunet_voco.storage import folder_lock
+from nnunet_voco.pool import input_checks
+from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error, remove_quietly
 
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "voco_pool.json"

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 
-from nnunet_voco.disk_errors import DiskWriteError, disk_problem
+from nnunet_voco.storage.disk_errors import DiskWriteError, disk_problem
 
 _HELD: dict[str, "FolderLock"] = {}  # lock path -> lock held by this process
 

@@ -380,7 +380,7 @@ def write_nnunet_raw_dataset(raw_root: str, dataset_id: int, name: str, labelled
     meta = {
         "channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": len(labelled),
         "file_ending": ".nii.gz", "name": name,
-        "description": "Synthetic CT-like abdominal phantom generated procedurally by nnunet_voco.phantom "
+        "description": "Synthetic CT-like abdominal phantom generated procedurally by nnunet_voco.demo.phantom "
                        f"(generator v{GENERATOR_VERSION}). Not patient data; it exercises the pipeline "
                        "and says nothing about segmentation quality on real CT.",
         "phantom": {"labelled_seeds": labelled, "test_seeds": test, "unlabelled_seeds": unlabelled,

@@ -143,7 +143,7 @@ class VoCoLoss(torch.nn.Module):
         """The intra-volume logits the prediction term trains, ``(B, S, K)``, without gradient.
 
         v2: ReLU(cos(student target, teacher base)); v1: their mean with ReLU(cos(teacher target,
-        student base)). The held-out position monitor (:mod:`nnunet_voco.monitor`) reads these.
+        student base)). The held-out position monitor (:mod:`nnunet_voco.voco.monitor`) reads these.
         """
         x_s, q_s, x_t, q_t = (_normalise(t.float()) for t in (student_targets, student_bases, teacher_targets,
                                                                teacher_bases))

@@ -3,9 +3,9 @@
 A window of ``grid * crop_size`` voxels is placed in a case, only that region is read from the
 memory-mapped array (blosc2 or numpy, through nnU-Net's dataset classes), and it is cut into the
 base-crop grid plus ``num_targets`` randomly placed target crops with their overlap targets
-(:mod:`nnunet_voco.geometry`). Cases smaller than the window are padded. Crops are views into the
+(:mod:`nnunet_voco.voco.geometry`). Cases smaller than the window are padded. Crops are views into the
 window (:func:`crop_views`); each is copied once, by :func:`cut_crops` or, augmented on the way,
-by the data workers (:mod:`nnunet_voco.loader`).
+by the data workers (:mod:`nnunet_voco.nnunet.loader`).
 
 Window placement is biased towards the foreground: with probability ``foreground_probability`` the
 window is centred (with jitter) on a random voxel of ``properties["class_locations"]`` that nnU-Net
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_voco import geometry
+from nnunet_voco.voco import geometry
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ Presets (DESIGN.md section 4, VOCO_SPEC.md sections 1.5 and 2.3-2.4):
 
 Forward pass: target and base crops of all volumes go through the encoder as one batch
 ``(B * (S + K), C, *crop)``; every stage map is average-pooled and concatenated
-(:func:`nnunet_voco.heads.pool_stage_features`), projected, and split back per volume.
+(:func:`nnunet_voco.voco.heads.pool_stage_features`), projected, and split back per volume.
 
 Notes:
     * Teachers start as copies of the student (the official code initialises them at random).
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_voco.ema import make_teacher, update_ema
+from nnunet_voco.voco.ema import make_teacher, update_ema
 from nnunet_voco.encoders.bundle import EncoderBundle
-from nnunet_voco.heads import ProjectionHead, pool_stage_features
-from nnunet_voco.loss import VoCoLoss
+from nnunet_voco.voco.heads import ProjectionHead, pool_stage_features
+from nnunet_voco.voco.loss import VoCoLoss
 
 PRESETS = ("v2", "v1")
 DEFAULT_HEAD_DIMS = {"v2": 1024, "v1": 2048}

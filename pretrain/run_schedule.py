@@ -1,8 +1,8 @@
 """The schedule of one pre-training run (learning rate and EMA momentum per step), and how ``--c``
 with another ``--num_steps`` redefines it.
 
-Without a redefinition the schedule is :func:`~nnunet_voco.schedule.lr_at` and
-:func:`~nnunet_voco.ema.momentum_at` of the run's settings. Resuming at step ``s`` with a new end
+Without a redefinition the schedule is :func:`~nnunet_voco.voco.schedule.lr_at` and
+:func:`~nnunet_voco.voco.ema.momentum_at` of the run's settings. Resuming at step ``s`` with a new end
 ``N`` never jumps: from ``s`` on, both values continue from what they were at ``s`` and follow a half
 cosine to their end values (``min_lr``, ``ema_momentum_final``) at ``N``. A run still in its warm-up
 keeps the warm-up and only moves the end of the cosine. The schedule is stored (as a plain dict) in
@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from nnunet_voco.ema import momentum_at
-from nnunet_voco.schedule import lr_at
+from nnunet_voco.voco.ema import momentum_at
+from nnunet_voco.voco.schedule import lr_at
 
 
 def default_warmup(num_steps: int) -> int:

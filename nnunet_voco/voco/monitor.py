@@ -39,7 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from nnunet_voco.sampling import WindowSampler, cut_crops, read_window
+from nnunet_voco.voco.sampling import WindowSampler, cut_crops, read_window
 
 MONITOR_SEED = 20240217  # fixed: the held-out windows are the same for every run seed
 
@@ -119,7 +119,7 @@ class HeldOutWindows:
 
 
 def evaluate(model, windows: HeldOutWindows, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Position metrics of ``model`` (a :class:`~nnunet_voco.model.VoCoModel`) on the held-out windows.
+    """Position metrics of ``model`` (a :class:`~nnunet_voco.voco.model.VoCoModel`) on the held-out windows.
 
     Batches have the training batch's number of volumes, so the projector's batch statistics are
     computed over a batch like the ones it trains on. ``val_seconds`` is the wall time it took.
