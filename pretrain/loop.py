@@ -25,7 +25,8 @@ from nnunet_voco.nnunet.loader import VoCoStream, make_loader
 from nnunet_voco.voco.loss import VoCoLoss
 from nnunet_voco.voco.model import VoCoModel
 from nnunet_voco.voco.monitor import HeldOutWindows, LearningGuard, evaluate, split_cases
-from nnunet_voco.nnunet import UserInputError, open_datasets, voco_output_folder
+from nnunet_voco.artifacts import run_folder
+from nnunet_voco.nnunet import UserInputError, open_datasets
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 from nnunet_voco.pretrain import outputs
 from nnunet_voco.pretrain.distributed import StopRequest, autocast, autocast_dtype, init_context
@@ -190,7 +191,7 @@ def run_pretraining(config) -> str:
     ctx = init_context(config.device)
     sources = open_datasets(config.datasets, config.plans, config.configuration)
     first = sources[0]
-    folder = config.output_folder or voco_output_folder(first.name, config.plans, config.configuration)
+    folder = config.output_folder or run_folder(first.name, config.plans, config.configuration)
     torch.manual_seed(config.seed + ctx.rank)  # the encoder's initialisation too: seeds give matched arms
     bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager, first.num_input_channels,
                            config.swin_feature_size, config.gradient_checkpointing)

@@ -144,7 +144,3 @@ def _plain(value):
         return [_plain(v) for v in value]
     return value
 
-
-def voco_output_folder(source_name: str, plans_name: str, configuration: str) -> str:
-    """``$nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>``."""
-    return os.path.join(results_root(), source_name, f"VoCo__{plans_name}__{configuration}")
