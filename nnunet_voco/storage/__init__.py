@@ -1,0 +1,1 @@
+"""Writing files safely: disk-error translation (full, read-only or vanished disks) and one-run-per-folder locks."""
