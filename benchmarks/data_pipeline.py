@@ -1,8 +1,8 @@
 """Window sampling + augmentation per volume from nnU-Net blosc2 data, against in-run references.
 
-What is timed is exactly what one data worker does per volume (:meth:`VoCoStream.make_sample`:
-read the window once from the memory-mapped case, write every crop once, flipped/rotated/shifted on
-the way), once in-process and once through the real DataLoader with one worker (collation into
+What is timed is exactly what one data worker does per volume (:meth:`VoCoStream.make_sample`, i.e.
+:meth:`WindowSampler.sample`, the one crop cutter of the loader, the monitor and the tests: read the
+window once from the memory-mapped case, write every crop once, flipped/rotated/shifted on the way), once in-process and once through the real DataLoader with one worker (collation into
 shared memory and the hand-over included). The references are measured in the same run on the
 same cases:
 
@@ -288,7 +288,7 @@ def benchmark_sampling(sources, layout: CropLayout = V2_LAYOUT, augment: Augment
         sources: dataset sources (``nnunet_voco.nnunet.DatasetSource`` or anything with ``name``,
             ``identifiers`` and ``open()``).
         layout: crop size, grid and number of targets (default: v2, 3x3 grid of 64^3 + 2 targets).
-        augment: augmentation (default: v2's, ``AugmentConfig()``).
+        augment: augmentation (default ``AugmentConfig()``: the v2 preset's, as ``voco_pretrain`` uses).
         volumes: volumes timed in-process (after 2 untimed).
         reference_volumes: volumes of the naive reference (and full-case reads).
         batch_size: volumes per DataLoader batch.

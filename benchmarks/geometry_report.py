@@ -1,7 +1,7 @@
 """Default VoCo geometry and the padding share of its base crops, new rule vs the old one.
 
 For preprocessed datasets (``-d``) it resolves the layout exactly as ``voco_pretrain`` does
-(:func:`nnunet_voco.pretrain.loop.resolve_layout` with the real encoder's stride and the median of
+(:func:`nnunet_voco.pretrain.run_setup.resolve_layout` with the real encoder's crop rule and the median of
 the real case shapes) and draws windows with the real sampler (``--windows`` per rule, fixed seed)
 to measure the share of base-crop voxels that are padding. The "old" rule is the first landing's
 default: crop = the plans' patch size, 3x3 grid over the in-plane axes.
@@ -72,7 +72,7 @@ def main() -> None:
     from nnunet_voco.encoders import build_encoder
     from nnunet_voco.nnunet import open_datasets
     from nnunet_voco.pretrain.config import PretrainConfig
-    from nnunet_voco.pretrain.loop import case_shapes, resolve_layout
+    from nnunet_voco.pretrain.run_setup import case_shapes, resolve_layout
 
     config = PretrainConfig(datasets=tuple(args.d), plans=args.p, configuration=args.c)
     sources = open_datasets(config.datasets, config.plans, config.configuration)
@@ -80,11 +80,11 @@ def main() -> None:
     bundle = build_encoder("plans", sources[0].plans_manager, cm, sources[0].num_input_channels)
     shapes = case_shapes(sources)
     median = tuple(int(v) for v in np.median([s for _, s in shapes], axis=0))
-    new, rule = resolve_layout(config, cm, bundle.divisor, median)
+    new, rule = resolve_layout(config, cm, bundle, median)
     old = _old_layout(cm.patch_size, cm.spacing)
     print(f"{', '.join(s.name for s in sources)} ({args.p} {args.c}): {len(shapes)} cases, median {median}, "
           f"patch {tuple(cm.patch_size)}, spacing {tuple(round(float(s), 3) for s in cm.spacing)}, stride "
-          f"{bundle.divisor}")
+          f"{bundle.crop_stride}")
     print(f"  rule: {rule}")
     print(_row("new", new, _dataset_share(sources, new, args.windows)))
     print(_row("old", old, _dataset_share(sources, old, args.windows)))

@@ -3,9 +3,10 @@
     python benchmarks/gpu.py              # a CUDA machine: ResEnc-L plans, the plans' patch size, v2, bf16
     python benchmarks/gpu.py --dry_run    # anywhere: tiny synthetic data and plans, CPU, fp32, 3 steps
 
-What runs is ``voco_pretrain``'s own machinery (``benchmarks/step_profile.build_pipeline``: encoder
-from the plans, ``VoCoModel`` v2, fused AdamW, the DataLoader with the default number of workers
-and pinned memory, on-device augmentation, ``train_step``, EMA update). Steps are driven without
+What runs is ``voco_pretrain``'s own machinery: ``benchmarks/step_profile.build_pipeline`` calls
+the loop's set-up (``nnunet_voco.pretrain.run_setup.resolve_run``: encoder from the plans, layout,
+batch rule, ``VoCoModel`` v2, fused AdamW) and loader (default number of workers, pinned memory),
+then the loop's ``train_step`` (on-device augmentation) and EMA update. Steps are driven without
 any per-step host synchronisation, one synchronisation closes the timed window. Variants:
 
 * ``eager``: as ``voco_pretrain -device cuda`` runs with default flags;
@@ -97,8 +98,8 @@ def measure_throughput(pipe: step_profile.Pipeline, steps: int, warmup: int, syn
             batch = next(iterator)
             if i >= warmup:
                 data_s += time.perf_counter() - t0
-            stats = train_step(pipe.model, batch, pipe.optimizer, None, pipe.ctx, pipe.amp_dtype, pipe.config,
-                               pipe.augment if pipe.on_device_aug else None, pipe.generator, pipe.inplane)
+            stats = train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype,
+                               pipe.config, pipe.augment if pipe.on_device_aug else None, pipe.generator, pipe.inplane)
             pipe.model.update_teacher(pipe.config.ema_momentum)
             flags.append(bool(stats["finite"]) if sync_every_step else stats["finite"])
         if device.type == "cuda":

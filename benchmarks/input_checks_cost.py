@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_voco.pool import input_checks
-    from nnunet_voco.pool.unlabeled_pool import preprocess_pool_case
+    from nnunet_voco.pool.case import preprocess_pool_case
 
     env = data_pipeline.prepare_benchmark_data()
     target = os.path.join(env["nnUNet_preprocessed"], f"Dataset{data_pipeline.LARGE['id']:03d}_"

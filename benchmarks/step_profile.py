@@ -1,25 +1,25 @@
 """Where the time of a VoCo pre-training step goes, and how step time and memory grow.
 
-``profile_steps``: the real pieces of ``voco_pretrain`` (nnU-Net plans -> encoder, ``VoCoModel``,
-fused AdamW, ``VoCoStream`` + DataLoader with the default number of workers, ``train_step``, EMA
-update), timed per phase with hooks: data wait (blocked in ``next(loader)``), input (host-to-device
-copy and on-device augmentation), forward, backward (with gradient clipping), optimiser, EMA. On
-CUDA every phase boundary synchronises (profiling only; ``train_step`` itself never syncs).
+``build_pipeline``: one process of ``voco_pretrain`` as the loop builds it, through the same
+:func:`nnunet_voco.pretrain.run_setup.resolve_run` (encoder from the plans, data-fitted layout,
+batch rule, preset defaults, ``VoCoModel``, fused AdamW) and the same loader (``VoCoStream`` +
+DataLoader with the default number of workers); only the output folder is left out.
+
+``profile_steps``: the real ``train_step`` and EMA update on that pipeline, timed per phase with
+hooks: data wait (blocked in ``next(loader)``), input (host-to-device copy and on-device
+augmentation), forward, backward (with gradient clipping), optimiser, EMA. On CUDA every phase
+boundary synchronises (profiling only; ``train_step`` itself never syncs).
 
 ``scaling``: one step (``train_step`` + EMA, synthetic batches) against the encoder alone
 (forward + backward of the pooled stage features, same crops) as the number of base crops and the
 crop edge grow; the ratio step / encoder is VoCo's overhead (projector, loss, crop bookkeeping,
-optimiser). Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on Linux CPUs the peak
-resident set above the level before the step (``/proc/self/clear_refs`` resets the peak; glibc
-is told to return large freed blocks so that the resident set follows live memory).
+optimiser). Peak memory: :func:`benchmarks.peak_memory.peak_memory`.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -29,56 +29,54 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.peak_memory import peak_memory  # noqa: E402
 from nnunet_voco.voco import geometry  # noqa: E402
-from nnunet_voco.voco.augment import AugmentConfig  # noqa: E402
-from nnunet_voco.encoders import build_encoder  # noqa: E402
 from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
-from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
-from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
-from nnunet_voco.voco.model import VoCoModel  # noqa: E402
+from nnunet_voco.voco.sampling import CropLayout  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
-from nnunet_voco.pretrain.distributed import RunContext, autocast_dtype  # noqa: E402
-from nnunet_voco.pretrain.loop import case_shapes, resolve_batch_size, resolve_layout, train_step  # noqa: E402
-from nnunet_voco.voco.sampling import WindowSampler  # noqa: E402
+from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
+from nnunet_voco.pretrain.loop import train_step  # noqa: E402
+from nnunet_voco.pretrain.run_setup import RunSetup, default_num_workers, resolve_run  # noqa: E402, F401
 
 PHASES = ("data", "input", "forward", "backward", "optimizer", "ema")
 BASE_GRIDS = {4: (1, 2, 2), 9: (1, 3, 3), 16: (1, 4, 4), 27: (3, 3, 3)}
 
 
-def default_num_workers() -> int:
-    """The loop's default data workers per process: ``min(4, cpus - 1)``."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
-
-
 @dataclasses.dataclass
 class Pipeline:
-    """Everything ``run_pretraining`` builds for one process, without its output folder."""
+    """One process of ``run_pretraining`` without its output folder: the resolved run and its data.
 
-    model: VoCoModel
+    ``model`` is what ``train_step`` runs (the encoder compiled with ``compile=True``);
+    ``optimizer`` starts as the run's and may be swapped (the tests try a non-fused one).
+    """
+
+    setup: RunSetup
+    model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     loader: object
-    config: PretrainConfig
-    ctx: RunContext
-    layout: object
-    batch_size: int
-    num_workers: int
-    augment: AugmentConfig
-    on_device_aug: bool
     generator: torch.Generator
-    inplane: tuple[int, int]
-    amp_dtype: torch.dtype | None
+
+    config = property(lambda self: self.setup.config)
+    ctx = property(lambda self: self.setup.ctx)
+    layout = property(lambda self: self.setup.layout)
+    batch_size = property(lambda self: self.setup.batch_size)
+    num_workers = property(lambda self: self.setup.num_workers)
+    augment = property(lambda self: self.setup.augment)
+    on_device_aug = property(lambda self: self.setup.on_device_aug)
+    inplane = property(lambda self: self.setup.inplane)
+    amp_dtype = property(lambda self: self.setup.amp_dtype)
 
 
 def build_pipeline(sources, plans: str, crop_size=None, batch_size: int | None = None, num_workers: int | None = None,
                    device: str = "cpu", precision: str | None = None, compile: bool = False,
                    channels_last: bool = False, preset: str = "v2", head_dim: int | None = None,
                    seed: int = 0) -> Pipeline:
-    """Build model, optimiser and data loader the way ``run_pretraining`` does (one process).
+    """Resolve the run and build its loader the way ``run_pretraining`` does (one process, all cases).
 
     Args:
         sources: ``DatasetSource`` list (the first one's plans define encoder and geometry).
         plans: plans identifier of the sources.
-        crop_size: crop edge per axis (default: the plans' patch size).
+        crop_size: crop edge per axis (default: fitted to the median case, as the loop does).
         batch_size: volumes per step (default: derived from the plans, as the loop does).
         num_workers: data workers (default: the loop's ``min(4, cpus - 1)``).
         device: ``cpu`` or ``cuda``.
@@ -89,37 +87,13 @@ def build_pipeline(sources, plans: str, crop_size=None, batch_size: int | None =
         head_dim: projector width (default per preset).
         seed: run seed.
     """
-    first = sources[0]
     config = PretrainConfig(datasets=tuple(s.name for s in sources), plans=plans, preset=preset,
                             crop_size=tuple(crop_size) if crop_size else None, batch_size=batch_size,
                             num_workers=num_workers, device=device, precision=precision, compile=compile,
-                            channels_last=channels_last, head_dim=head_dim, seed=seed)
-    ctx = RunContext(torch.device(device))
-    bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager,
-                           first.num_input_channels)
-    median = tuple(int(v) for v in np.median([shape for _, shape in case_shapes(sources)], axis=0))
-    layout, _ = resolve_layout(config, first.configuration_manager, bundle.divisor, median)
-    batch = resolve_batch_size(config, first.configuration_manager, layout)
-    torch.manual_seed(seed)
-    model = VoCoModel(bundle, preset, VoCoLoss(preset), head_dim, 0.2 if preset == "v2" else 0.0).to(ctx.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=ctx.device.type in ("cpu", "cuda"))
-    if compile:
-        model.encoder = torch.compile(model.encoder)
-    augment = AugmentConfig(config.flip_prob, config.rot90_prob, 0.5 if preset == "v2" else 0.1)
-    spacing = first.configuration_manager.spacing
-    coarse = int(np.argmax(spacing))
-    inplane = tuple(a for a in range(3) if a != (coarse if len(set(spacing)) > 1 else 0))
-    on_device = ctx.device.type == "cuda"
-    workers = default_num_workers() if num_workers is None else num_workers
-    stream = VoCoStream(WindowSampler(sources, layout, config.foreground_probability), seed, 0, 0,
-                        None if on_device else augment, inplane)
-    loader = make_loader(stream, batch, workers, pin_memory=on_device)
-    return Pipeline(model, optimizer, loader, config, ctx, layout, batch, workers, augment, on_device,
-                    torch.Generator().manual_seed(seed), inplane, autocast_dtype(precision, ctx.device))
+                            channels_last=channels_last, head_dim=head_dim, seed=seed,
+                            val_cases=0)  # no held-out monitor: every case feeds the measured stream
+    setup = resolve_run(config, sources, RunContext(torch.device(device)))
+    return Pipeline(setup, setup.training_model(), setup.optimizer, setup.make_loader(0), setup.augment_generator(0))
 
 
 class _Clock:
@@ -165,8 +139,9 @@ def profile_steps(pipe: Pipeline, steps: int = 5, warmup: int = 2) -> dict:
                 clock.mark("data")
                 batch = next(iterator)
                 clock.mark("input")
-                stats = train_step(pipe.model, batch, pipe.optimizer, None, pipe.ctx, pipe.amp_dtype, pipe.config,
-                                   pipe.augment if pipe.on_device_aug else None, pipe.generator, pipe.inplane)
+                stats = train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype,
+                                   pipe.config, pipe.augment if pipe.on_device_aug else None, pipe.generator,
+                                   pipe.inplane)
                 clock.mark("ema")
                 pipe.model.update_teacher(pipe.config.ema_momentum)
                 clock.mark("end")
@@ -187,59 +162,6 @@ def profile_steps(pipe: Pipeline, steps: int = 5, warmup: int = 2) -> dict:
             "num_workers": pipe.num_workers, "crop_size": list(layout.crop_size), "grid": list(layout.grid),
             "crops_per_step": pipe.batch_size * (layout.num_bases + layout.num_targets),
             "volumes_per_s": pipe.batch_size * steps / total, "all_finite": bool(torch.stack(finite).all())}
-
-
-# ============ memory ============
-def _libc():
-    try:
-        return ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-@contextlib.contextmanager
-def peak_memory(device: torch.device):
-    """Measures the peak memory of the enclosed block above the level before it (MiB in ``result[0]``).
-
-    CUDA: ``max_memory_allocated``. CPU (Linux): peak resident set, with glibc's large freed blocks
-    returned to the system; ``result[0]`` stays None where neither is available.
-    """
-    result = [None]
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        yield result
-        torch.cuda.synchronize(device)
-        result[0] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-        return
-    libc = _libc()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset the peak resident set (VmHWM)
-        usable = libc is not None
-    except OSError:
-        usable = False
-    if usable:
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: large blocks via mmap, unmapped when freed
-        libc.malloc_trim(0)
-        before = _status_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    try:
-        yield result
-    finally:
-        if usable:
-            result[0] = (_status_kib("VmHWM") - before) / 1024
-            libc.mallopt(-3, 32 * 2**20)  # back to glibc's largest dynamic threshold
 
 
 # ============ scaling ============
@@ -299,7 +221,7 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
     config = dataclasses.replace(pipe.config, channels_last=False)
 
     def step(batch):
-        train_step(pipe.model, batch, pipe.optimizer, None, pipe.ctx, pipe.amp_dtype, config, None,
+        train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype, config, None,
                    pipe.generator, pipe.inplane)
         pipe.model.update_teacher(pipe.config.ema_momentum)
 
@@ -326,9 +248,7 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
     return rows
 
 
-def _layout(bases: int, edge: int, targets: int):
-    from nnunet_voco.voco.sampling import CropLayout
-
+def _layout(bases: int, edge: int, targets: int) -> CropLayout:
     return CropLayout((edge, edge, edge), BASE_GRIDS[bases], targets)
 
 

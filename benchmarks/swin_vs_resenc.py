@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    swin = build_swin_encoder(1, args.feature_size)
+    swin.validate_crop((args.crop,) * 3)  # the encoder says which crops it accepts (ValueError otherwise)
     rows = []
-    for name, module in (("ResEnc-M", _ResEncStages()),
-                         (f"swin (F={args.feature_size})", build_swin_encoder(1, args.feature_size).module)):
+    for name, module in (("ResEnc-M", _ResEncStages()), (f"swin (F={args.feature_size})", swin.module)):
         params = sum(p.numel() for p in module.parameters()) / 1e6
         ms, cpu_ms, dim = time_encoder(module, args.crop, args.batch, args.steps)
         rows.append((name, params, dim, ms, cpu_ms))

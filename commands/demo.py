@@ -7,7 +7,8 @@ Example::
     voco_demo --out /tmp/demo -device cuda
 
 The stages, the split and the re-use rules are documented in :mod:`nnunet_voco.demo.stages` and
-:mod:`nnunet_voco.demo.workflow`; this module only parses flags.
+:mod:`nnunet_voco.demo.workflow`, the sizes of the default run and of ``--quick`` in
+:mod:`nnunet_voco.demo.run_sizes`; this module only parses flags.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ Example::
     voco_preprocess_unlabeled -i /data/unlabelled_ct -d 17 -o 517 -np 8
     voco_pretrain -d 517 17
 
-All work happens in :mod:`nnunet_voco.pool.unlabeled_pool`; this module only parses flags.
+All work happens in :mod:`nnunet_voco.pool.create`; this module only parses flags.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
     from nnunet_voco.storage.disk_errors import DiskWriteError
-    from nnunet_voco.pool.unlabeled_pool import create_unlabeled_pool
+    from nnunet_voco.pool.create import create_unlabeled_pool
 
     try:
         report = create_unlabeled_pool(args.i, args.d, args.o, plans_name=args.p, configuration=args.c,

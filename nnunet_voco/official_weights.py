@@ -22,14 +22,14 @@ plans only); the architecture checks (feature size, tensor shapes) still apply. 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections import Counter
 from typing import Mapping
 
 import torch
 
-from nnunet_voco.checkpoint import adapt_input_channels, load_file, save_encoder, to_plain
+from nnunet_voco.artifacts import write_encoder
+from nnunet_voco.checkpoint import adapt_input_channels, load_file, to_plain
 from nnunet_voco.encoders.swin import (
     SWIN_DECODER_MODULES,
     SWIN_ENCODER_PREFIXES,
@@ -200,9 +200,8 @@ def _official_meta(path: str, in_channels: int, source_in_channels: int, feature
 def import_official(path: str, output: str, in_channels: int | None = None,
                     feature_size: int | None = None) -> ImportReport:
     """Convert ``path``, write ``output`` (``voco_encoder.pth`` format) and its metadata as JSON
-    next to it (``voco_encoder.json``, as ``voco_pretrain`` does); return the report."""
+    next to it (``voco_encoder.json``, as ``voco_pretrain`` does, both with
+    :func:`nnunet_voco.artifacts.write_encoder`); return the report."""
     report = convert_official(path, in_channels, feature_size)
-    save_encoder(output, report.encoder, report.meta)
-    with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:
-        json.dump(report.meta, f, indent=2)
+    write_encoder(output, report.encoder, report.meta)
     return report

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnunet_voco.encoders import ENCODER_CHOICES
 from nnunet_voco.pretrain.config import PretrainConfig
+from nnunet_voco.voco.presets import PRESET_NAMES, V1, V2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
              "nnUNetTrainerVoCo looks for the weights")
     add("-device", dest="device", choices=("cpu", "cuda", "mps"), default=None,
         help="[OPTIONAL] device. Default: cuda when available, else cpu")
-    add("--preset", choices=("v2", "v1"), default=d.preset,
+    add("--preset", choices=PRESET_NAMES, default=d.preset,
         help="v2 (default): TPAMI code (projector EMA, -log negatives, inter-volume term); v1: CVPR repo code "
              "(full EMA teacher, symmetrised logits, squared negatives)")
-    add("--encoder", choices=("plans", "swin_b", "swin_l", "swin_h"), default=d.encoder,
+    add("--encoder", choices=ENCODER_CHOICES, default=d.encoder,
         help="plans (default): the CNN of the plans (PlainConvUNet / ResEnc); swin_b/l/h: MONAI SwinUNETR-v2 "
              "(feature size 48/96/192), fine-tune with nnUNetTrainerVoCoSwin")
     add("--swin_feature_size", type=int, default=None, help="[OPTIONAL] Swin feature size override (multiple of 12)")
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="teacher EMA momentum. Default %(default)s as in both official codes; the teacher is load-bearing "
              "(without it the loss stalls)")
     add("--ema_momentum_final", type=float, default=None, help="[OPTIONAL] cosine-ramp the momentum to this value")
-    add("--head_dim", type=int, default=None, help="projector width. Default 1024 (v2) / 2048 (v1)")
-    add("--embedding_dropout", type=float, default=None, help="v2 dropout on the pooled embedding. Default 0.2")
+    add("--head_dim", type=int, default=None, help=f"projector width. Default {V2.head_dim} (v2) / {V1.head_dim} (v1)")
+    add("--embedding_dropout", type=float, default=None,
+        help=f"v2 dropout on the pooled embedding. Default {V2.embedding_dropout}")
     add("--row_dropout", action="store_true",
         help="drop whole embeddings, reproducing the official v2 Dropout1d behaviour on a 2-D matrix")
     for term, what in (("pos", "positive prediction"), ("neg", "negative prediction"), ("reg", "base regulariser"),
@@ -79,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
              "after 300 steps on a phantom pool (README)")
     add("--rot90_prob", type=float, default=d.rot90_prob, help="in-plane rot90 probability. Default %(default)s "
         "(official)")
-    add("--shift_prob", type=float, default=None, help="intensity shift (+-0.1) probability. Default 0.5 v2 / 0.1 v1")
+    add("--shift_prob", type=float, default=None,
+        help=f"intensity shift (+-0.1) probability. Default {V2.shift_prob} v2 / {V1.shift_prob} v1")
     add("--scale_prob", type=float, default=d.scale_prob, help="intensity scale (x[0.9,1.1]) probability. "
         "Default %(default)s")
     add("--foreground_probability", type=float, default=d.foreground_probability,

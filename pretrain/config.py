@@ -4,6 +4,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from nnunet_voco.voco.presets import DEFAULT_PRESET
+
 # Fields that define what is being trained: a run can only be continued (--c) with the same values.
 IDENTITY_FIELDS = (
     "datasets", "plans", "configuration", "preset", "encoder", "swin_feature_size", "crop_size", "grid",
@@ -21,12 +23,12 @@ class PretrainConfig:
     datasets: tuple[str, ...]  # dataset ids or names; the first one's plans define encoder and geometry
     plans: str = "nnUNetPlans"  # plans identifier (nnUNetResEncUNetMPlans, ...)
     configuration: str = "3d_fullres"  # nnU-Net configuration whose patch size, spacing and network are used
-    preset: str = "v2"  # v2 (TPAMI code) or v1 (CVPR repo code)
+    preset: str = DEFAULT_PRESET  # v2 (TPAMI code) or v1 (CVPR repo code); defaults in nnunet_voco.voco.presets
     encoder: str = "plans"  # "plans" (the planned CNN) or swin_b / swin_l / swin_h
     swin_feature_size: Optional[int] = None  # override of the Swin size (multiple of 12), for tests
     gradient_checkpointing: bool = False  # Swin only: trade compute for memory
     num_steps: int = 100_000  # optimiser steps
-    warmup_steps: Optional[int] = None  # default min(5000, num_steps // 20)
+    warmup_steps: Optional[int] = None  # default min(5000, num_steps // 20) (run_schedule.default_warmup)
     batch_size: Optional[int] = None  # volumes per step per process; default from the plans' batch size
     num_targets: int = 2  # target crops per volume
     grid: Optional[tuple[int, int, int]] = None  # base grid; default 3x3 in-plane (2x2 if 3x3 does not fit)
@@ -37,8 +39,8 @@ class PretrainConfig:
     grad_clip: float = 3.0  # max gradient norm, 0 disables
     ema_momentum: float = 0.9  # teacher momentum (official: 0.9 fixed)
     ema_momentum_final: Optional[float] = None  # cosine ramp of the momentum to this value
-    head_dim: Optional[int] = None  # projector width; default 1024 (v2) / 2048 (v1)
-    embedding_dropout: Optional[float] = None  # default 0.2 for v2, 0 for v1
+    head_dim: Optional[int] = None  # projector width; default the preset's (1024 v2 / 2048 v1)
+    embedding_dropout: Optional[float] = None  # default the preset's (0.2 v2, none in v1)
     row_dropout: bool = False  # reproduce the official v2 whole-embedding dropout
     pos_weight: float = 1.0
     neg_weight: float = 1.0
@@ -46,7 +48,7 @@ class PretrainConfig:
     inter_weight: float = 1.0
     flip_prob: float = 0.2
     rot90_prob: float = 0.2
-    shift_prob: Optional[float] = None  # default 0.5 (v2) / 0.1 (v1)
+    shift_prob: Optional[float] = None  # default the preset's (0.5 v2 / 0.1 v1)
     scale_prob: float = 0.0
     foreground_probability: float = 0.67  # share of windows centred on labelled/body voxels
     num_workers: Optional[int] = None  # data workers per process; default min(4, cpus - 1)

@@ -1,5 +1,9 @@
 """``run_pretraining(config)``: the VoCo pre-training loop, read top to bottom.
 
+Everything a run is made of (encoder, layout, batch size, preset defaults, model, optimiser) is
+resolved once, before the output folder is claimed, by
+:func:`nnunet_voco.pretrain.run_setup.resolve_run`, which the step benchmarks call too.
+
 One step: a batch of volumes (each ``K`` base + ``S`` target crops with overlap targets) ->
 :class:`~nnunet_voco.voco.model.VoCoModel` -> losses -> backward -> gradient clipping -> AdamW with
 warm-up + cosine learning rate -> EMA teacher update. Runs on CPU, one GPU, or many under torchrun
@@ -7,7 +11,7 @@ warm-up + cosine learning rate -> EMA teacher update. Runs on CPU, one GPU, or m
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 import shlex
 import signal
@@ -18,18 +22,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nnunet_voco.voco import geometry
-from nnunet_voco.voco.augment import AugmentConfig, augment_crops
-from nnunet_voco.encoders import build_encoder
-from nnunet_voco.nnunet.loader import VoCoStream, make_loader
-from nnunet_voco.voco.loss import VoCoLoss
-from nnunet_voco.voco.model import VoCoModel
-from nnunet_voco.voco.monitor import HeldOutWindows, LearningGuard, evaluate, split_cases
 from nnunet_voco.artifacts import run_folder
-from nnunet_voco.nnunet import UserInputError, open_datasets
-from nnunet_voco.voco.sampling import CropLayout, WindowSampler
+from nnunet_voco.nnunet import open_datasets
 from nnunet_voco.pretrain import outputs
-from nnunet_voco.pretrain.distributed import StopRequest, autocast, autocast_dtype, init_context
+from nnunet_voco.pretrain.distributed import StopRequest, autocast, init_context
+from nnunet_voco.pretrain.run_setup import RunSetup, resolve_run, small_case_warning
+from nnunet_voco.voco.augment import augment_crops
+from nnunet_voco.voco.monitor import LearningGuard, evaluate
 
 LOGGED = ("loss", "pos", "neg", "reg", "inter", "logit_overlap_mean", "logit_zero_mean",
           "base_similarity_mean", "embedding_std")
@@ -67,76 +66,6 @@ def account_nonfinite(flags: list[bool], step: int, streak: int, config, log, la
         raise TrainingAborted(f"{worst} consecutive non-finite losses up to step {bad[-1]}; check the data for NaN/Inf "
                               f"voxels or lower --lr ({saved})")
     return streak
-
-
-def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, int]]]:
-    """Spatial shapes of the cases (an evenly spaced subset of ``limit`` for large pools).
-
-    Reads only array headers through nnU-Net's dataset classes (blosc2/numpy memory maps).
-    """
-    cases = [(s, ident) for s in sources for ident in s.identifiers]
-    checked = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(limit, len(cases))).astype(int))]
-    datasets = {id(s): s.open() for s in sources}
-    return [(f"{s.name}/{ident}", tuple(int(v) for v in datasets[id(s)].load_case(ident)[0].shape[1:]))
-            for s, ident in checked]
-
-
-def warn_small_cases(shapes, crop_size, log) -> None:
-    """Log once per run how many cases are smaller than a crop on some axis (they are padded)."""
-    small = [(name, shape) for name, shape in shapes if any(a < c for a, c in zip(shape, crop_size))]
-    if small:
-        log(f"VoCo: warning: {len(small)} of {len(shapes)} checked cases are smaller than the crop {tuple(crop_size)} "
-            f"on some axis and get padded with their minimum (first: {small[0][0]} {small[0][1]}); pass a smaller "
-            f"--crop_size if that is much of the data")
-
-
-def resolve_layout(config, configuration_manager, divisor, median_shape) -> tuple[CropLayout, str]:
-    """Crop size and grid (fitted to the median case unless given) and the number of targets.
-
-    Returns:
-        The layout and a one-line account of the rule that produced it (printed at start).
-    """
-    patch = tuple(configuration_manager.patch_size)
-    if config.crop_size is None:
-        crop, grid, rule = geometry.fitted_layout(median_shape, patch, configuration_manager.spacing, divisor,
-                                                  config.grid)
-    else:
-        crop = geometry.validate_crop_size(config.crop_size, divisor)
-        grid = tuple(config.grid or geometry.default_grid(configuration_manager.spacing, 3, median_shape))
-        rule = f"crop size {crop} given (--crop_size), grid {grid} {'given' if config.grid else '(3x3 in-plane)'}"
-    geometry.window_size(crop, grid)  # validates the grid
-    if config.num_targets < 1:
-        raise UserInputError(f"--num_targets {config.num_targets} must be >= 1")
-    return CropLayout(tuple(crop), tuple(grid), config.num_targets), rule
-
-
-def held_out_count(config, num_cases: int, log) -> int:
-    """Cases to hold out for the monitor: ``--val_cases``, but never the last training case."""
-    if config.val_cases < 0 or config.val_every < 1 or config.val_windows < 1:
-        raise UserInputError(f"--val_cases {config.val_cases}, --val_every {config.val_every} and --val_windows "
-                             f"{config.val_windows} must be >= 0, >= 1 and >= 1")
-    n = min(config.val_cases, num_cases - 1)
-    if n < config.val_cases:
-        log(f"VoCo: warning: only {num_cases} case(s): holding out {n} instead of --val_cases {config.val_cases}"
-            + ("; the held-out position monitor is off" if n == 0 else ""))
-    return max(n, 0)
-
-
-def resolve_batch_size(config, configuration_manager, layout: CropLayout) -> int:
-    """Volumes per step and process.
-
-    Rule: nnU-Net sized ``batch_size`` patches of the full U-Net for its GPU-memory target. An
-    encoder-only pass costs about half of a full U-Net pass per voxel, and one VoCo volume passes
-    ``S + K`` crops, so a volume costs ``(S + K) / 2 * crop_voxels / patch_voxels`` supervised
-    samples; the default is the plans' batch size divided by that, at least 1.
-    """
-    if config.batch_size is not None:
-        if config.batch_size < 1:
-            raise UserInputError(f"--batch_size {config.batch_size} must be >= 1")
-        return config.batch_size
-    ratio = np.prod(layout.crop_size) / np.prod(configuration_manager.patch_size)
-    cost = (layout.num_targets + layout.num_bases) / 2 * ratio
-    return max(1, int(configuration_manager.batch_size // cost))
 
 
 def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment, generator, inplane) -> dict:
@@ -185,195 +114,181 @@ def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment,
     return stats
 
 
+@dataclasses.dataclass
+class _LoopState:
+    """What the loop carries from step to step (the host reads the device values every ``--log_every``)."""
+
+    step: int
+    history: list  # metric rows of this run (training and held-out)
+    window: list = dataclasses.field(default_factory=list)  # per-step stats since the last log row
+    bad_streak: int = 0  # consecutive non-finite steps
+    padding_warned: bool = False
+    stopping: bool = False
+    timings: dict = dataclasses.field(default_factory=lambda: {"data": 0.0, "step": 0.0, "val": 0.0})
+
+
+def _log_start(setup: RunSetup, config, folder: str, resume_from, step: int, log) -> None:
+    for line in setup.warnings + tuple(setup.describe(config, folder)):
+        log(line)
+    if resume_from:
+        log(f"VoCo: continuing from {resume_from} at step {step}")
+    elif config.continue_training:
+        log(f"VoCo: warning: --c given but {folder} holds no checkpoint yet; starting a new run")
+    if setup.ctx.is_main and small_case_warning(setup.shapes, setup.layout.crop_size):
+        log(small_case_warning(setup.shapes, setup.layout.crop_size))
+
+
+def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: LearningGuard, log) -> None:
+    row = {"step": state.step, **evaluate(setup.model, monitor, setup.batch_size, setup.ctx.device)}
+    state.timings["val"] += row["val_seconds"]
+    state.history.append(row)
+    log.metrics(row)
+    log(f"step {state.step}: held-out position accuracy {row['val_position_accuracy']:.3f} (chance "
+        f"{row['val_chance']:.3f}, best constant guess {row['val_prior']:.3f}), |logit - overlap| "
+        f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}, argmax base overlaps the target "
+        f"{row['val_overlap_hit']:.3f} (chance {row['val_overlap_hit_chance']:.3f})", also_print=False)
+    guard(row)
+
+
+def _log_window(setup: RunSetup, config, state: _LoopState, bar, folder: str, log) -> None:
+    """Every ``--log_every`` steps (a host sync): account non-finite steps, write one metric row."""
+    window, step = state.window, state.step
+    good = [w for w in window if bool(w["finite"])]
+    state.bad_streak = account_nonfinite([bool(w["finite"]) for w in window], step, state.bad_streak, config, log,
+                                         os.path.join(folder, outputs.LATEST))
+    state.window = []
+    if not good:
+        return
+    t = state.timings
+    row = {"step": step, "lr": setup.optimizer.param_groups[0]["lr"],
+           **{k: float(torch.stack([w[k] for w in good]).mean()) for k in good[0] if k != "finite"},
+           "data_wait_share": t["data"] / max(t["data"] + t["step"], 1e-9)}
+    state.history.append(row)
+    log.metrics(row)
+    if row["padding_share"] > 0.25 and not state.padding_warned:
+        state.padding_warned = True
+        log(f"VoCo: warning: {100 * row['padding_share']:.0f}% of the base-crop voxels up to step {step} are padding "
+            f"(window {setup.layout.window}); the pretext degenerates on constant crops: pass a smaller --crop_size "
+            f"or --grid")
+    bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
+    log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter", "lr")
+                                     if k in row), also_print=False)
+
+
+def _train(setup: RunSetup, config, schedule, train_model, loader, generator, monitor, guard, stop, state: _LoopState,
+           folder: str, log) -> None:
+    """Steps until ``--num_steps`` or a stop request; ``state`` holds where it ended."""
+    ctx, model, optimizer = setup.ctx, setup.model, setup.optimizer
+    augment = setup.augment if setup.on_device_aug else None
+    bar = tqdm(total=config.num_steps, initial=state.step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
+               mininterval=1.0, file=sys.stdout)
+    data_iter = iter(loader)
+    while state.step < config.num_steps and not state.stopping:
+        t0 = time.perf_counter()
+        try:
+            batch = next(data_iter)
+        except Exception:
+            if stop.signal is None:
+                raise
+            break  # Ctrl-C reaches the whole process group, data workers included
+        t1 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr_at(state.step)
+        stats = train_step(train_model, batch, optimizer, setup.scaler, ctx, setup.amp_dtype, config, augment,
+                           generator, setup.inplane)
+        # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
+        model.update_teacher(schedule.momentum_at(state.step))
+        state.step = step = state.step + 1
+        state.timings["data"], state.timings["step"] = (state.timings["data"] + t1 - t0,
+                                                        state.timings["step"] + time.perf_counter() - t1)
+        state.window.append({**{k: stats[k] for k in LOGGED + ("finite",) if k in stats},
+                             "padding_share": batch["padding_share"].float().mean()})
+        bar.update(1)
+        (state.stopping,) = ctx.any_rank(stop.signal is not None)  # every rank stops after the same step
+        if step % config.log_every == 0 or step == config.num_steps:
+            _log_window(setup, config, state, bar, folder, log)
+        if monitor is not None and (step % config.val_every == 0 or step == config.num_steps):
+            _held_out_evaluation(setup, monitor, state, guard, log)
+        if step % config.save_every == 0 and step < config.num_steps and ctx.is_main:
+            _save(setup, config, step, os.path.join(folder, outputs.LATEST))
+            outputs.write_progress(folder, state.history)
+    bar.close()
+
+
+def _save(setup: RunSetup, config, step: int, path: str, meta: dict | None = None) -> None:
+    meta = meta if meta is not None else outputs.encoder_meta(setup.bundle.meta, setup.sources, config, setup.layout,
+                                                              step)
+    outputs.save_state(path, step, setup.model, setup.optimizer, setup.scaler, config, meta)
+
+
+def _save_interrupted(setup: RunSetup, config, step: int, folder: str, stop: StopRequest, log) -> None:
+    latest = os.path.join(folder, outputs.LATEST)
+    if setup.ctx.is_main:
+        _save(setup, config, step, latest)
+    argv = sys.argv[1:] if sys.argv else []
+    hint = "voco_pretrain " + shlex.join(argv + ([] if "--c" in argv else ["--c"]))
+    signum = stop.signal or signal.SIGTERM  # a rank stopped by another rank's signal
+    log(f"VoCo: interrupted by signal {signum} at step {step}; state saved to {latest}. Resume with: {hint}")
+
+
+def _export(setup: RunSetup, config, state: _LoopState, guard: LearningGuard, folder: str, log) -> None:
+    """Final and latest states, the encoder files, the progress plot and the closing lines (rank 0)."""
+    meta = outputs.encoder_meta(setup.bundle.meta, setup.sources, config, setup.layout, state.step)
+    _save(setup, config, state.step, os.path.join(folder, outputs.FINAL), meta)
+    _save(setup, config, state.step, os.path.join(folder, outputs.LATEST), meta)
+    written = outputs.export_final(folder, setup.bundle, meta, setup.sources[0])
+    outputs.write_progress(folder, state.history)
+    t = state.timings
+    total = t["data"] + t["step"] + t["val"]
+    log(f"VoCo: finished {state.step} steps; data wait {100 * t['data'] / max(total, 1e-9):.1f}% and held-out "
+        f"monitor {100 * t['val'] / max(total, 1e-9):.1f}% of the loop time; wrote "
+        f"{', '.join(os.path.basename(w) for w in written)} to {folder}")
+    log(f"VoCo: {guard.summary()}")
+
+
 def run_pretraining(config) -> str:
     """Run (or continue) VoCo pre-training; returns the output folder."""
-    # ============ process, data sources, encoder ============
+    # ============ process, data sources, the resolved run ============
     ctx = init_context(config.device)
     sources = open_datasets(config.datasets, config.plans, config.configuration)
-    first = sources[0]
-    folder = config.output_folder or run_folder(first.name, config.plans, config.configuration)
-    torch.manual_seed(config.seed + ctx.rank)  # the encoder's initialisation too: seeds give matched arms
-    bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager, first.num_input_channels,
-                           config.swin_feature_size, config.gradient_checkpointing)
-    shapes = case_shapes(sources)
-    median_shape = tuple(int(v) for v in np.median([shape for _, shape in shapes], axis=0))
-    layout, geometry_rule = resolve_layout(config, first.configuration_manager, bundle.divisor, median_shape)
-    batch_size = resolve_batch_size(config, first.configuration_manager, layout)
+    setup = resolve_run(config, sources, ctx)
+    folder = config.output_folder or run_folder(sources[0].name, config.plans, config.configuration)
     # one run per folder (exit 2 otherwise); raises before anything but the lock file is written
     resume_from, folder_lock = outputs.claim_output_folder(folder, config, ctx)
     log = outputs.RunLog(folder, enabled=ctx.is_main)
     if folder_lock is not None and folder_lock.stale:
         log(f"VoCo: warning: {folder_lock.stale}")
 
-    # ============ model, loss, optimiser ============
-    torch.manual_seed(config.seed + ctx.rank)
-    preset = config.preset
-    loss = VoCoLoss(preset, config.pos_weight, config.neg_weight, config.reg_weight, config.inter_weight)
-    dropout = config.embedding_dropout if config.embedding_dropout is not None else (0.2 if preset == "v2" else 0.0)
-    model = VoCoModel(bundle, preset, loss, config.head_dim, dropout, config.row_dropout).to(ctx.device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    if ctx.distributed and ctx.device.type == "cuda":  # before the optimizer sees the parameters;
-        # SyncBatchNorm needs GPU tensors (DDP refuses it on CPU), so gloo ranks keep per-rank statistics
-        model.projector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
-    amp_dtype = autocast_dtype(config.precision, ctx.device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    step, trained = outputs.load_state(resume_from, model, optimizer, scaler, config) if resume_from else (0, None)
+    # ============ resume ============
+    step, trained = (outputs.load_state(resume_from, setup.model, setup.optimizer, setup.scaler, config)
+                     if resume_from else (0, None))
     if resume_from and ctx.distributed:  # the state holds rank 0's RNG: give every rank its own stream again
         torch.manual_seed(int(np.random.SeedSequence([config.seed, ctx.rank, step]).generate_state(1)[0]))
-    history = log.truncate_metrics(step if step else -1)  # also drops rows of a run that died before its first checkpoint
-    train_model = model
-    if ctx.distributed:
-        ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    if config.compile:
-        model.encoder = torch.compile(model.encoder)
+    history = log.truncate_metrics(step if step else -1)  # also drops rows of a run that died before a checkpoint
+    train_model = setup.training_model()
+    config, schedule = outputs.resume_schedule(config, trained, resume_from, step, setup.warmup_steps, log)
 
-    # ============ data ============
-    warmup = config.warmup_steps if config.warmup_steps is not None else min(5000, config.num_steps // 20)
-    config, schedule = outputs.resume_schedule(config, trained, resume_from, step, warmup, log)  # --c: kept or redefined
-    shift_prob = config.shift_prob if config.shift_prob is not None else (0.5 if preset == "v2" else 0.1)
-    augment = AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, 0.1, config.scale_prob, 0.1)
-    split = tuple(a for a in range(3) if layout.grid[a] > 1)
-    whole = geometry.unsplit_axis(first.configuration_manager.spacing, median_shape)
-    inplane = split if len(split) == 2 else tuple(a for a in range(3) if a != whole)  # rot90 plane
-    on_device_aug = ctx.device.type == "cuda"
-    all_cases = [(i, ident) for i, src in enumerate(sources) for ident in src.identifiers]
-    train_cases, val_cases = split_cases(all_cases, [src.name for src in sources], held_out_count(config, len(all_cases),
-                                                                                                     log))
-    sampler = WindowSampler(sources, layout, config.foreground_probability, train_cases)
-    monitor = None
-    if val_cases and ctx.is_main:
-        monitor = HeldOutWindows(WindowSampler(sources, layout, config.foreground_probability, val_cases),
-                                 config.val_windows)
-    guard = LearningGuard(log)
-    for row in history:  # a resumed run keeps judging against its own step 0
-        if "val_position_accuracy" in row:
-            guard.history.append(row)
-    num_workers = config.num_workers if config.num_workers is not None else max(0, min(4, (os.cpu_count() or 1) - 1))
-    stream = VoCoStream(sampler, config.seed, ctx.rank, step, None if on_device_aug else augment, inplane)
-    loader = make_loader(stream, batch_size, num_workers, pin_memory=ctx.device.type == "cuda")
-    generator = torch.Generator().manual_seed(config.seed * 1000003 + ctx.rank * 7919 + step)
-
+    # ============ data, monitor, start lines ============
+    monitor, guard = setup.held_out_windows(), LearningGuard(log)
+    guard.history.extend(row for row in history if "val_position_accuracy" in row)  # judged against its step 0
+    loader, generator = setup.make_loader(step), setup.augment_generator(step)
     if ctx.is_main:
-        outputs.write_config(folder, config, {"batch_size": batch_size, "crop_size": layout.crop_size,
-                                              "grid": layout.grid, "warmup_steps": warmup, "world_size": ctx.world_size,
-                                              "median_case_shape": median_shape, "geometry_rule": geometry_rule,
-                                              "val_cases": [f"{sources[i].name}/{ident}" for i, ident in val_cases]})
-    log(f"VoCo pre-training: preset {preset}, encoder {config.encoder} ({bundle.embedding_dim}-d embedding), "
-        f"datasets {', '.join(s.name for s in sources)} ({len(sampler)} training + {len(val_cases)} held-out cases), "
-        f"plans {config.plans}, "
-        f"configuration {config.configuration}")
-    log(f"VoCo: geometry: {geometry_rule} (median of {len(shapes)} cases)")
-    log(f"VoCo: crop {layout.crop_size}, grid {layout.grid} ({layout.num_bases} base + {layout.num_targets} target "
-        f"crops, window {layout.window}), {batch_size} volumes/step/process x {ctx.world_size} processes, "
-        f"device {ctx.device}, precision {amp_dtype or 'fp32'}, {num_workers} data workers, output {folder}")
-    if resume_from:
-        log(f"VoCo: continuing from {resume_from} at step {step}")
-    elif config.continue_training:
-        log(f"VoCo: warning: --c given but {folder} holds no checkpoint yet; starting a new run")
-    if ctx.is_main:
-        warn_small_cases(shapes, layout.crop_size, log)
+        outputs.write_config(folder, config, setup.resolved())
+    _log_start(setup, config, folder, resume_from, step, log)
 
     # ============ training loop ============
-    meta_fn = lambda s: outputs.encoder_meta(bundle.meta, sources, config, layout, s)  # noqa: E731
-    stop = StopRequest().install()
-    timings = {"data": 0.0, "step": 0.0, "val": 0.0}
-    window, bad_streak, padding_warned = [], 0, False
-
-    def held_out_evaluation() -> None:
-        row = {"step": step, **evaluate(model, monitor, batch_size, ctx.device)}
-        timings["val"] += row["val_seconds"]
-        history.append(row)
-        log.metrics(row)
-        log(f"step {step}: held-out position accuracy {row['val_position_accuracy']:.3f} (chance "
-            f"{row['val_chance']:.3f}, best constant guess {row['val_prior']:.3f}), |logit - overlap| "
-            f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}, argmax base overlaps the target "
-            f"{row['val_overlap_hit']:.3f} (chance {row['val_overlap_hit_chance']:.3f})", also_print=False)
-        guard(row)
-
-    if monitor is not None and step == 0:
-        held_out_evaluation()
-    bar = tqdm(total=config.num_steps, initial=step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
-               mininterval=1.0, file=sys.stdout)
-    data_iter = iter(loader)
-    stopping, clean = False, False
+    stop, state, clean = StopRequest().install(), _LoopState(step=step, history=history), False
     try:
-        while step < config.num_steps and not stopping:
-            t0 = time.perf_counter()
-            try:
-                batch = next(data_iter)
-            except Exception:
-                if stop.signal is None:
-                    raise
-                break  # Ctrl-C reaches the whole process group, data workers included
-            t1 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = schedule.lr_at(step)
-            stats = train_step(train_model, batch, optimizer, scaler, ctx, amp_dtype, config,
-                               augment if on_device_aug else None, generator, inplane)
-            # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
-            model.update_teacher(schedule.momentum_at(step))
-            step += 1
-            timings["data"] += t1 - t0
-            timings["step"] += time.perf_counter() - t1
-            window.append({**{k: stats[k] for k in LOGGED + ("finite",) if k in stats},
-                           "padding_share": batch["padding_share"].float().mean()})
-            bar.update(1)
-            (stopping,) = ctx.any_rank(stop.signal is not None)  # every rank stops after the same step
-            if step % config.log_every == 0 or step == config.num_steps:  # host sync: read the flags and losses
-                good = [w for w in window if bool(w["finite"])]
-                bad_streak = account_nonfinite([bool(w["finite"]) for w in window], step, bad_streak, config, log,
-                                               os.path.join(folder, outputs.LATEST))
-                window = []
-                if good:
-                    row = {"step": step, "lr": optimizer.param_groups[0]["lr"],
-                           **{k: float(torch.stack([w[k] for w in good]).mean()) for k in good[0] if k != "finite"},
-                           "data_wait_share": timings["data"] / max(timings["data"] + timings["step"], 1e-9)}
-                    history.append(row)
-                    log.metrics(row)
-                    if row["padding_share"] > 0.25 and not padding_warned:
-                        padding_warned = True
-                        log(f"VoCo: warning: {100 * row['padding_share']:.0f}% of the base-crop voxels up to step "
-                            f"{step} are padding (window {layout.window}); the pretext degenerates on constant "
-                            f"crops: pass a smaller --crop_size or --grid")
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
-                    log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter",
-                                                                                     "lr") if k in row), also_print=False)
-            if monitor is not None and (step % config.val_every == 0 or step == config.num_steps):
-                held_out_evaluation()
-            if step % config.save_every == 0 and step < config.num_steps:
-                if ctx.is_main:
-                    outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config,
-                                       meta_fn(step))
-                    outputs.write_progress(folder, history)
-        bar.close()
+        if monitor is not None and step == 0:
+            _held_out_evaluation(setup, monitor, state, guard, log)
+        _train(setup, config, schedule, train_model, loader, generator, monitor, guard, stop, state, folder, log)
         # ============ stop, or export ============
-        if stopping or stop.signal is not None:
-            if ctx.is_main:
-                outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config,
-                                   meta_fn(step))
-            argv = sys.argv[1:] if sys.argv else []
-            hint = "voco_pretrain " + shlex.join(argv + ([] if "--c" in argv else ["--c"]))
-            signum = stop.signal or signal.SIGTERM  # a rank stopped by another rank's signal
-            log(f"VoCo: interrupted by signal {signum} at step {step}; state saved to "
-                f"{os.path.join(folder, outputs.LATEST)}. Resume with: {hint}")
+        if state.stopping or stop.signal is not None:
+            _save_interrupted(setup, config, state.step, folder, stop, log)
             clean = True
-            raise Interrupted(128 + int(signum))
+            raise Interrupted(128 + int(stop.signal or signal.SIGTERM))  # a rank stopped by another rank's signal
         if ctx.is_main:
-            meta = meta_fn(step)
-            outputs.save_state(os.path.join(folder, outputs.FINAL), step, model, optimizer, scaler, config, meta)
-            outputs.save_state(os.path.join(folder, outputs.LATEST), step, model, optimizer, scaler, config, meta)
-            written = outputs.export_final(folder, bundle, meta, first)
-            outputs.write_progress(folder, history)
-            total = timings["data"] + timings["step"] + timings["val"]
-            log(f"VoCo: finished {step} steps; data wait {100 * timings['data'] / max(total, 1e-9):.1f}% and "
-                f"held-out monitor {100 * timings['val'] / max(total, 1e-9):.1f}% of the loop time; wrote "
-                f"{', '.join(os.path.basename(w) for w in written)} to {folder}")
-            log(f"VoCo: {guard.summary()}")
+            _export(setup, config, state, guard, folder, log)
         clean = True
         return folder
     finally:

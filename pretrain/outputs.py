@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from nnunet_voco import __version__
+from nnunet_voco.artifacts import ENCODER_FILE, ENCODER_META_FILE, PRETRAINED_NETWORK_FILE, write_encoder
 from nnunet_voco.storage import folder_lock
 from nnunet_voco.checkpoint import STATE_FORMAT, SCHEMA_VERSION, CheckpointError, check_schema, load_file, save_atomic
-from nnunet_voco.checkpoint import save_encoder, write_json_atomic
-from nnunet_voco.checkpoint import to_plain, transfer_encoder
+from nnunet_voco.checkpoint import to_plain, transfer_encoder, write_json_atomic
 from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error, remove_quietly
 from nnunet_voco.nnunet import UserInputError
 from nnunet_voco.pretrain.config import SCHEDULE_FIELDS
@@ -98,8 +98,7 @@ def prepare_output_folder(folder: str, config) -> str | None:
 
 def remove_stale_temp_files(folder: str) -> list[str]:
     """Delete temporary files that a killed save left behind (``<file>.<random>.tmp``, ``<file>.tmp``)."""
-    ours = (LATEST, FINAL, "voco_encoder.pth", "voco_encoder.json", "pretrained_network.pth", "config.json",
-            "metrics.jsonl")
+    ours = (LATEST, FINAL, ENCODER_FILE, ENCODER_META_FILE, PRETRAINED_NETWORK_FILE, "config.json", "metrics.jsonl")
     stale = [f for f in os.listdir(folder) if f.endswith(".tmp") and f.startswith(tuple(n + "." for n in ours))]
     stale += [f for f in os.listdir(folder) if f == "progress.png.tmp.png"]
     for name in stale:
@@ -295,7 +294,7 @@ def resume_schedule(config, trained: dict | None, resume_from: str | None, step:
 
 def encoder_meta(bundle_meta: dict, sources, config, layout, steps: int) -> dict:
     """Metadata of ``voco_encoder.pth`` (everything the fine-tuning trainer checks)."""
-    from nnunet_voco.pool.unlabeled_pool import read_pool_provenance
+    from nnunet_voco.pool.provenance import read_pool_provenance
 
     first = sources[0]
     cm, pm = first.configuration_manager, first.plans_manager
@@ -318,7 +317,7 @@ def encoder_meta(bundle_meta: dict, sources, config, layout, steps: int) -> dict
 
 
 def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
-    """Write ``voco_encoder.pth`` and, for CNN encoders, ``pretrained_network.pth``.
+    """Write ``voco_encoder.pth`` with its ``voco_encoder.json`` and, for CNN encoders, ``pretrained_network.pth``.
 
     ``pretrained_network.pth`` is the full network nnU-Net builds from the same plans (pretrained
     encoder + freshly initialised decoder) as ``{"network_weights": ...}``, so that the stock
@@ -330,10 +329,9 @@ def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
             ``--c`` on the finished run writes the exports again.
     """
     try:
-        written = [os.path.join(folder, "voco_encoder.pth")]
+        written = [os.path.join(folder, ENCODER_FILE)]
         state = bundle.state_fn()
-        save_encoder(written[0], state, meta)
-        write_json_atomic(os.path.join(folder, "voco_encoder.json"), to_plain(meta))  # cheap to scan for the trainers
+        write_encoder(written[0], state, meta)  # with the .json sidecar the trainers' lookup scans
         if meta.get("encoder_family") == "cnn":
             from nnunet_voco.encoders.cnn import build_plans_network
 
@@ -341,7 +339,7 @@ def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
             n_out = pm.get_label_manager(first_source.dataset_json).num_segmentation_heads
             network = build_plans_network(pm, cm, first_source.num_input_channels, n_out)
             transfer_encoder(network, state, meta)
-            written.append(os.path.join(folder, "pretrained_network.pth"))
+            written.append(os.path.join(folder, PRETRAINED_NETWORK_FILE))
             save_atomic({"network_weights": {k: v.cpu() for k, v in network.state_dict().items()},
                          "voco_meta": to_plain(meta)}, written[-1])
     except DiskWriteError as e:

@@ -4,7 +4,7 @@ import types
 import pytest
 
 from nnunet_voco.pretrain.config import PretrainConfig
-from nnunet_voco.pretrain.loop import resolve_batch_size
+from nnunet_voco.pretrain.run_setup import resolve_batch_size
 from nnunet_voco.voco.sampling import CropLayout
 
 

@@ -11,19 +11,22 @@ import numpy as np
 import pytest
 
 from conftest import run
+from nnunet_voco.demo.arms import ARMS, COMPARISONS
 from nnunet_voco.demo.figure import pick_slice
-from nnunet_voco.demo.report import CLASS_NAMES, format_table, monitor_rows, read_dice, seed_stats, verdict
-from nnunet_voco.demo.stages import (ARMS, COMPARISONS, N_SPLIT_FOLDS, PRESETS, DemoFolders, Stage, build_stages,
-                                     write_splits)
-from nnunet_voco.trainers.demo_trainers import DEMO_BUDGET
+from nnunet_voco.demo.folders import DemoFolders
+from nnunet_voco.demo.report import format_table, seed_stats, verdict
+from nnunet_voco.demo.results import CLASS_NAMES, monitor_rows, read_dice
+from nnunet_voco.demo.run_sizes import RUN_SIZES
+from nnunet_voco.demo.stages import N_SPLIT_FOLDS, Stage, build_stages, write_splits
 from nnunet_voco.demo.workflow import load_state, run_stages
+from nnunet_voco.trainers.demo_trainers import DEMO_BUDGET
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
 def folders(tmp_path) -> DemoFolders:
-    return DemoFolders(str(tmp_path), PRESETS["quick"])
+    return DemoFolders(str(tmp_path), RUN_SIZES["quick"])
 
 
 def test_splits_are_identical_folds_of_training_vs_heldout_cases(folders):
@@ -57,11 +60,11 @@ def test_stages_order_commands_and_matched_trainers(folders):
 
 
 def test_default_preset_trains_four_arms_with_three_seeds(tmp_path):
-    folders = DemoFolders(str(tmp_path), PRESETS["default"])
+    folders = DemoFolders(str(tmp_path), RUN_SIZES["default"])
     trains = [s for s in build_stages(folders, "cpu") if s.key.startswith("train_")]
     assert len(trains) == 12 and {s.command(False)[3] for s in trains} == {"0", "1", "2"}
     assert {s.command(False)[5] for s in trains} == {f"{ARMS[a][0]}_demo" for a in ARMS}
-    p = PRESETS["default"]
+    p = RUN_SIZES["default"]
     assert not set(p.train_seeds + p.heldout_seeds) & set(p.unlabelled_seeds)
     assert not set(p.train_seeds + p.heldout_seeds + p.unlabelled_seeds) & {*range(500, 506), *range(2000, 2006),
                                                                              *range(300, 324)}  # tuning seeds

@@ -138,9 +138,9 @@ def _write_progress(folder, version):
 
 
 def _write_pool_json(folder, version):
-    from nnunet_voco.pool.unlabeled_pool import _write_json
+    from nnunet_voco.pool.provenance import write_json
 
-    _write_json(os.path.join(folder, "voco_pool.json"), {"version": version, "pad": "x" * 20000})
+    write_json(os.path.join(folder, "voco_pool.json"), {"version": version, "pad": "x" * 20000})
 
 
 WRITERS = {"checkpoint_latest.pth": _write_checkpoint, "voco_encoder.pth": _write_encoder,
@@ -261,7 +261,7 @@ def test_pool_on_a_full_disk_exits_3_and_keeps_finished_cases(pool_env):
     err = [line for line in again.stderr.splitlines() if line.startswith("voco_preprocess_unlabeled: error:")]
     assert len(err) == 1 and "Traceback" not in again.stderr, again.stderr
     assert f"cannot write {data}/{victim}.b2nd (No space left on device); finished cases are kept" in err[0]
-    from nnunet_voco.pool.unlabeled_pool import read_pool_provenance
+    from nnunet_voco.pool.provenance import read_pool_provenance
 
     cases = len(os.listdir(images))
     assert read_pool_provenance(pool)["num_cases"] in (cases, cases - 1)  # whole: the old record, or the new one
@@ -336,7 +336,8 @@ def test_unusable_volume_is_refused(array, spacing, reason):
 
 
 def test_pool_skips_and_lists_every_bad_input(planned_toy, tmp_path, monkeypatch):
-    from nnunet_voco.pool import unlabeled_pool as up
+    from nnunet_voco.pool.create import create_unlabeled_pool
+    from nnunet_voco.pool.provenance import read_pool_provenance
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, planned_toy[key])
@@ -351,7 +352,7 @@ def test_pool_skips_and_lists_every_bad_input(planned_toy, tmp_path, monkeypatch
     _write_image(str(folder / "nan.mha"), np.where(_volume() > -500, np.nan, _volume()))
     _write_image(str(folder / "flat.nii.gz"), _volume((40, 36)))
     _write_image(str(folder / "absurd.nii.gz"), _volume(), spacing=(1e-5, 1, 1))
-    report = up.create_unlabeled_pool([str(folder)], TOY_ID, 882, progress=False)
+    report = create_unlabeled_pool([str(folder)], TOY_ID, 882, progress=False)
     reasons = {os.path.basename(s["file"]): s["reason"] for s in report.skipped}
     assert report.written == ["good"], reasons
     assert reasons["cut.nii.gz"].startswith("truncated: the compressed stream ends early")
@@ -362,7 +363,7 @@ def test_pool_skips_and_lists_every_bad_input(planned_toy, tmp_path, monkeypatch
     assert reasons["absurd.nii.gz"].startswith("implausible spacing")
     summary = report.summary()
     assert "1 cases written, 6 skipped" in summary and all(f"  {folder / n}: " in summary for n in reasons)
-    assert up.read_pool_provenance(report.folder)["skipped"] == report.skipped
+    assert read_pool_provenance(report.folder)["skipped"] == report.skipped
 
 
 # ============ one run per folder (real processes) ============

@@ -1,4 +1,4 @@
-"""Tests for nnunet_voco.pool.unlabeled_pool and the voco_preprocess_unlabeled command.
+"""Tests for the unlabelled pool (nnunet_voco.pool) and the voco_preprocess_unlabeled command.
 
 A tiny CT-like TARGET (4 cases) is planned with the real ``nnUNetv2_plan_and_preprocess``; pool cases
 must then equal nnU-Net's own preprocessing of the same image as a TARGET case.
@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import script
-from nnunet_voco.pool import unlabeled_pool as up
+from nnunet_voco.pool.case import body_mask
+from nnunet_voco.pool.create import create_unlabeled_pool
+from nnunet_voco.pool.inputs import InputCase, find_input_cases
+from nnunet_voco.pool.provenance import read_pool_provenance
+from nnunet_voco.pool.report import PoolReport
+from nnunet_voco.pool.runner import run_cases
 
 TARGET_ID = 901
 ANATOMICAL = os.path.join(os.path.dirname(pytest.importorskip("nibabel").__file__), "tests", "data", "anatomical.nii")
@@ -97,7 +102,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pool(nnunet_env, inputs):
-    report = up.create_unlabeled_pool([inputs], TARGET_ID, 902, dicom=True, progress=False)
+    report = create_unlabeled_pool([inputs], TARGET_ID, 902, dicom=True, progress=False)
     return report
 
 
@@ -135,9 +140,9 @@ def test_pool_folder_layout(nnunet_env, pool):
         dataset_json = json.load(f)
     assert dataset_json["numTraining"] == 5 and dataset_json["labels"] == {"background": 0, "cube": 1}
     assert "body mask" in dataset_json["voco_unlabeled_pool"]["seg"]
-    provenance = up.read_pool_provenance(pool.folder)
+    provenance = read_pool_provenance(pool.folder)
     assert provenance["plans_source_dataset"] == f"Dataset{TARGET_ID}_Toy" and provenance["num_cases"] == 5
-    assert up.read_pool_provenance(os.path.join(nnunet_env["nnUNet_preprocessed"], f"Dataset{TARGET_ID}_Toy")) is None
+    assert read_pool_provenance(os.path.join(nnunet_env["nnUNet_preprocessed"], f"Dataset{TARGET_ID}_Toy")) is None
     assert not os.path.exists(os.path.join(pool.folder, ".voco_tmp"))
 
 
@@ -147,7 +152,7 @@ def test_bad_files_are_skipped_with_reasons(pool):
     assert reasons["broken.nii.gz"].startswith("unreadable: ")
     assert reasons["slice.nii.gz"].startswith("2-D image")
     assert reasons["thick.nii.gz"].startswith("implausible spacing")
-    assert up.read_pool_provenance(pool.folder)["skipped"] == pool.skipped
+    assert read_pool_provenance(pool.folder)["skipped"] == pool.skipped
     assert "skipped:\n  " in pool.summary() and "next: voco_pretrain -d 902 901" in pool.summary()
 
 
@@ -156,15 +161,15 @@ def test_resume_rewrites_only_unfinished_cases(nnunet_env, inputs, tmp_path):
     folder.mkdir()
     for name in ("gen_a.nrrd", "gen_b.mha"):
         shutil.copy(os.path.join(inputs, name), folder / name)
-    first = up.create_unlabeled_pool([str(folder)], TARGET_ID, 903, progress=False)
+    first = create_unlabeled_pool([str(folder)], TARGET_ID, 903, progress=False)
     data_folder = os.path.join(first.folder, "nnUNetPlans_3d_fullres")
     kept = os.stat(os.path.join(data_folder, "gen_b.b2nd")).st_mtime_ns
     os.remove(os.path.join(data_folder, "gen_a.b2nd"))  # what a run killed between two os.replace calls leaves
     os.makedirs(os.path.join(first.folder, ".voco_tmp"))
-    again = up.create_unlabeled_pool([str(folder)], TARGET_ID, "Dataset903_ToyUnlabeled", progress=False)
+    again = create_unlabeled_pool([str(folder)], TARGET_ID, "Dataset903_ToyUnlabeled", progress=False)
     assert again.written == ["gen_a"] and again.already_present == ["gen_b"]
     assert os.stat(os.path.join(data_folder, "gen_b.b2nd")).st_mtime_ns == kept
-    assert up.read_pool_provenance(first.folder)["num_cases"] == 2
+    assert read_pool_provenance(first.folder)["num_cases"] == 2
 
 
 @pytest.mark.parametrize("target,output,configuration,message", [
@@ -179,17 +184,17 @@ def test_resume_rewrites_only_unfinished_cases(nnunet_env, inputs, tmp_path):
 def test_user_errors(nnunet_env, inputs, pool, target, output, configuration, message):
     os.makedirs(os.path.join(nnunet_env["nnUNet_raw"], "Dataset905_Other"), exist_ok=True)
     with pytest.raises(ValueError, match=message):
-        up.create_unlabeled_pool([inputs], target, output, configuration=configuration, progress=False)
+        create_unlabeled_pool([inputs], target, output, configuration=configuration, progress=False)
 
 
 def test_empty_input_folder_and_unset_variable_are_errors(nnunet_env, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no images found"):
-        up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
+        create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
     with pytest.raises(ValueError, match="plans 'nnUNetResEncUNetMPlans' not found for Dataset901_Toy"):
-        up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, plans_name="nnUNetResEncUNetMPlans")
+        create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, plans_name="nnUNetResEncUNetMPlans")
     monkeypatch.delenv("nnUNet_preprocessed")
     with pytest.raises(ValueError, match="nnUNet_preprocessed is not set"):
-        up.create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
+        create_unlabeled_pool([str(tmp_path)], TARGET_ID, 904, progress=False)
 
 
 def test_channel_grouping(tmp_path):
@@ -198,7 +203,7 @@ def test_channel_grouping(tmp_path):
         (tmp_path / sub).mkdir()
         for name in names:
             (tmp_path / sub / name).touch()
-    cases, skipped = up.find_input_cases([str(tmp_path / "x"), str(tmp_path / "y")], num_channels=2)
+    cases, skipped = find_input_cases([str(tmp_path / "x"), str(tmp_path / "y")], num_channels=2)
     assert [(c.case_id, [os.path.basename(f) for f in c.files]) for c in cases] == [
         ("x_a", ["a_0000.nrrd", "a_0001.nrrd"]), ("y_a", ["a_0000.nii.gz", "a_0001.nii.gz"])]
     reasons = {os.path.basename(s["file"]): s["reason"] for s in skipped}
@@ -208,11 +213,11 @@ def test_channel_grouping(tmp_path):
 def test_body_mask_rules():
     ct = np.full((1, 4, 4, 4), -1000.0)
     ct[0, 1:3, 1:3, 1:3] = 30.0
-    assert up.body_mask(ct, ["CTNormalization"]).sum() == 8
+    assert body_mask(ct, ["CTNormalization"]).sum() == 8
     mr = np.zeros((1, 4, 4, 4))
     mr[0, :2] = 5.0
     mr[0, :1] = 100.0
-    assert up.body_mask(mr, ["ZScoreNormalization"]).sum() == 16  # Otsu separates 100 from 5; zeros never body
+    assert body_mask(mr, ["ZScoreNormalization"]).sum() == 16  # Otsu separates 100 from 5; zeros never body
 
 
 def _exit_on_crash_case(case):
@@ -223,9 +228,9 @@ def _exit_on_crash_case(case):
 
 @pytest.mark.slow
 def test_dead_worker_skips_only_its_case(tmp_path):
-    cases = [up.InputCase(i, (i,), i, str(tmp_path)) for i in ("a", "crash", "b", "bad", "c")]
-    report = up.PoolReport("Dataset902_X", "Dataset901_Y", str(tmp_path), "nnUNetPlans", "3d_fullres")
-    up._run_cases(cases, _exit_on_crash_case, 2, report, progress=False)
+    cases = [InputCase(i, (i,), i, str(tmp_path)) for i in ("a", "crash", "b", "bad", "c")]
+    report = PoolReport("Dataset902_X", "Dataset901_Y", str(tmp_path), "nnUNetPlans", "3d_fullres")
+    run_cases(cases, _exit_on_crash_case, 2, report, progress=False)
     assert sorted(report.written) == ["a", "b", "c"]
     assert sorted((s["file"], s["reason"][:10]) for s in report.skipped) == [("bad", "bad reason"),
                                                                               ("crash", "worker pro")]

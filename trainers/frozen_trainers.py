@@ -13,8 +13,8 @@ Nesterov momentum 0.99), linear warm-up, then poly decay. Frozen means the encod
 ``requires_grad=False`` and are not in the optimiser (so neither gradients nor weight decay reach
 them), and the encoder stays in ``eval()`` mode (norm statistics, if any, are not updated). This is
 set up in :meth:`configure_optimizers`, which nnU-Net calls from ``initialize()`` before it loads a
-checkpoint, so ``--c`` continuation keeps the encoder frozen too. ``_smoke`` variants run 2 epochs of
-2 iterations for CPU tests.
+checkpoint, so ``--c`` continuation keeps the encoder frozen too. The ``_smoke`` variants are in
+:mod:`nnunet_voco.trainers.smoke_trainers`.
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import torch
 
 from nnunet_voco.checkpoint import unwrap_network
 from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
-from nnunet_voco.trainers.voco_trainers import _SmokeMixin, nnUNetTrainerVoCo
+from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo
 
-__all__ = ["nnUNetTrainerVoCoFrozen", "nnUNetTrainerVoCoFrozenScratch", "nnUNetTrainerVoCoFrozen_smoke",
-           "nnUNetTrainerVoCoFrozenScratch_smoke"]
+__all__ = ["nnUNetTrainerVoCoFrozen", "nnUNetTrainerVoCoFrozenScratch"]
 
 
 class nnUNetTrainerVoCoFrozen(nnUNetTrainerVoCo):
@@ -62,10 +61,3 @@ class nnUNetTrainerVoCoFrozenScratch(nnUNetTrainerVoCoFrozen):
 
     voco_load_weights = False
 
-
-class nnUNetTrainerVoCoFrozen_smoke(_SmokeMixin, nnUNetTrainerVoCoFrozen):
-    """CPU smoke variant of :class:`nnUNetTrainerVoCoFrozen`."""
-
-
-class nnUNetTrainerVoCoFrozenScratch_smoke(_SmokeMixin, nnUNetTrainerVoCoFrozenScratch):
-    """CPU smoke variant of :class:`nnUNetTrainerVoCoFrozenScratch`."""

@@ -13,7 +13,8 @@ What differs from :class:`~nnunet_voco.trainers.voco_trainers.nnUNetTrainerVoCo`
       into the same configuration (``voco_swin_feature_size``), so ``build_network_architecture``
       (a classmethod, called on the class at inference) rebuilds the trained network.
     * Feature size: read from the VoCo weights' metadata (B/L/H or any multiple of 12), else
-      ``voco_swin_feature_size`` (48, Swin-B).
+      ``voco_swin_feature_size`` (48, Swin-B). The weights are looked up once, in ``initialize()``
+      before the network is built (``__init__`` reads no file); ``on_train_start`` loads that choice.
     * No deep supervision (one output resolution), as nnU-Net's Primus trainers.
     * Optimiser: AdamW, lr 3e-4, weight decay 1e-5, the official VoCo SwinUNETR fine-tuning values
       (Large-Scale-Medical Downstream/monai); SGD with momentum 0.99 at lr 1e-2, nnU-Net's CNN
@@ -21,25 +22,37 @@ What differs from :class:`~nnunet_voco.trainers.voco_trainers.nnUNetTrainerVoCo`
       1000), then nnU-Net's poly decay per epoch (the schedule of the CNN VoCo trainers and of
       nnU-Net's Primus trainers; the official MONAI runs use cosine, which differs from poly mainly
       in the last tenth of training). Encoder/decoder parameter groups as in the CNN trainers.
+The ``_smoke`` variants are in :mod:`nnunet_voco.trainers.swin_smoke_trainers`.
 """
 from __future__ import annotations
 
 import copy
-import json
-import os
 
 import torch
 
-from nnunet_voco.checkpoint import load_encoder, unwrap_network
+from nnunet_voco import artifacts
+from nnunet_voco.checkpoint import unwrap_network
 from nnunet_voco.encoders.swin import SWIN_ENCODER_PREFIXES, SWIN_KEY_TO_ENCODER, build_swin_network, swin_patch_size
+from nnunet_voco.nnunet.finetune import find_trainer_weights
 from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
-from nnunet_voco.trainers.voco_trainers import _SmokeMixin, nnUNetTrainerVoCo
-from nnunet_voco.nnunet.weights_lookup import find_voco_weights
+from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo
 
-__all__ = ["nnUNetTrainerVoCoSwin", "nnUNetTrainerSwinScratch", "nnUNetTrainerVoCoSwin_smoke",
-           "nnUNetTrainerSwinScratch_smoke"]
+__all__ = ["nnUNetTrainerVoCoSwin", "nnUNetTrainerSwinScratch"]
 
 FEATURE_SIZE_KEY = "voco_swin_feature_size"  # written into the plans configuration
+
+
+def _swin_plans(plans: dict, configuration: str, feature_size: int) -> dict:
+    """A copy of ``plans`` whose configuration has a Swin patch size and the feature size."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = copy.deepcopy(plans)
+    patch = list(PlansManager(plans).get_configuration(configuration).patch_size)
+    entry = plans["configurations"][configuration]
+    entry["patch_size"] = list(swin_patch_size(patch))
+    entry[FEATURE_SIZE_KEY] = int(feature_size)
+    entry["voco_original_patch_size"] = patch
+    return plans
 
 
 class nnUNetTrainerVoCoSwin(nnUNetTrainerVoCo):
@@ -52,38 +65,27 @@ class nnUNetTrainerVoCoSwin(nnUNetTrainerVoCo):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        plans = self._swin_plans(plans, configuration)
+        plans = _swin_plans(plans, configuration, self.voco_swin_feature_size)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr, self.weight_decay = 3e-4, 1e-5
         self.enable_deep_supervision = False
 
-    def _swin_plans(self, plans: dict, configuration: str) -> dict:
-        """A copy of ``plans`` whose configuration has a Swin patch size and the feature size."""
-        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    def initialize(self):
+        if not self.was_initialized and self.voco_load_weights:
+            self._take_feature_size_from_weights()
+        super().initialize()
 
-        plans = copy.deepcopy(plans)
-        manager = PlansManager(plans)
-        patch = list(manager.get_configuration(configuration).patch_size)
-        entry = plans["configurations"][configuration]
-        entry["patch_size"] = list(swin_patch_size(patch))
-        entry[FEATURE_SIZE_KEY] = self._feature_size(manager, configuration)
-        entry["voco_original_patch_size"] = patch
-        return plans
-
-    def _feature_size(self, manager, configuration: str) -> int:
-        if not self.voco_load_weights:
-            return int(self.voco_swin_feature_size)
+    def _take_feature_size_from_weights(self) -> None:
+        """Look the weights up (the one lookup of this run) and size the network by their metadata."""
         try:
-            path = find_voco_weights(manager.dataset_name, manager.plans_name, configuration, "swin").path
+            self.voco_weights = find_trainer_weights(self, self.voco_encoder_family)
         except FileNotFoundError:  # on_train_start raises with the command to run
-            return int(self.voco_swin_feature_size)
-        sidecar = os.path.splitext(path)[0] + ".json"
-        if os.path.isfile(sidecar):
-            with open(sidecar, encoding="utf-8") as f:
-                meta = json.load(f)
-        else:
-            meta = load_encoder(path)[1]
-        return int((meta.get("architecture") or {}).get("feature_size", self.voco_swin_feature_size))
+            return
+        architecture = artifacts.read_meta(self.voco_weights.path).get("architecture") or {}
+        feature_size = int(architecture.get("feature_size", self.voco_swin_feature_size))
+        # both copies: the configuration manager builds the network, the plans go to plans.json
+        self.configuration_manager.configuration[FEATURE_SIZE_KEY] = feature_size
+        self.plans_manager.plans["configurations"][self.configuration_name][FEATURE_SIZE_KEY] = feature_size
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
@@ -112,18 +114,3 @@ class nnUNetTrainerSwinScratch(nnUNetTrainerVoCoSwin):
     """Same network, patch, optimiser and budget as :class:`nnUNetTrainerVoCoSwin`, no weights."""
 
     voco_load_weights = False
-
-
-class _SwinSmokeMixin(_SmokeMixin):
-    """CPU smoke: 2 x 2 iterations, F = 12 unless the weights say otherwise, no checkpointing."""
-
-    voco_swin_feature_size = 12
-    voco_gradient_checkpointing = False
-
-
-class nnUNetTrainerVoCoSwin_smoke(_SwinSmokeMixin, nnUNetTrainerVoCoSwin):
-    """CPU smoke variant of :class:`nnUNetTrainerVoCoSwin`."""
-
-
-class nnUNetTrainerSwinScratch_smoke(_SwinSmokeMixin, nnUNetTrainerSwinScratch):
-    """CPU smoke variant of :class:`nnUNetTrainerSwinScratch`."""

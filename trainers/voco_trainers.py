@@ -1,4 +1,4 @@
-"""nnU-Net trainers that fine-tune VoCo-pretrained encoders, and their matched from-scratch baselines.
+"""nnU-Net trainers that fine-tune VoCo-pretrained encoders, and the matched from-scratch baseline.
 
 ``nnUNetv2_train D 3d_fullres FOLD -tr nnUNetTrainerVoCo [-p nnUNetResEncUNetMPlans]`` builds exactly
 the network nnU-Net plans for D, finds the weights ``voco_pretrain`` wrote for the same dataset, plans
@@ -16,23 +16,24 @@ Defaults and why:
       pretrained on the same data distribution and patch size as fine-tuning.
 
 ``nnUNetTrainerVoCoScratch`` is the same network, schedule and budget without weights, so that a
-gain is measured fairly. ``_smoke`` variants run 2 epochs of 2 iterations for CPU tests.
+gain is measured fairly. Variants set class attributes only: ``voco_budget``
+(:mod:`nnunet_voco.trainers.training_budget`), ``voco_seed_from_fold``, ``voco_test_time_mirroring``.
 Inference (``nnUNetv2_predict``) and model export use nnU-Net's own checkpoint: no VoCo file needed.
 """
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_voco.checkpoint import unwrap_network
 from nnunet_voco.nnunet.finetune import load_voco_weights
 from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.trainers.training_budget import TrainingBudget
 
-__all__ = [
-    "nnUNetTrainerVoCo", "nnUNetTrainerVoCo_100epochs", "nnUNetTrainerVoCo_250epochs", "nnUNetTrainerVoCo_500epochs",
-    "nnUNetTrainerVoCo_smoke", "nnUNetTrainerVoCoScratch", "nnUNetTrainerVoCoScratch_100epochs",
-    "nnUNetTrainerVoCoScratch_250epochs", "nnUNetTrainerVoCoScratch_500epochs", "nnUNetTrainerVoCoScratch_smoke",
-]
+__all__ = ["nnUNetTrainerVoCo", "nnUNetTrainerVoCoScratch"]
 
 
 class nnUNetTrainerVoCo(nnUNetTrainer):
@@ -45,6 +46,37 @@ class nnUNetTrainerVoCo(nnUNetTrainer):
     voco_decoder_first_epochs = 0
     voco_encoder_lr_scale = 1.0
     voco_allow_partial = False
+    voco_budget = TrainingBudget()  # nnU-Net's 1000 epochs x 250 iterations, the plans' batch size
+    voco_seed_from_fold = False  # True: seed random, numpy and torch with the fold before anything is built
+    voco_test_time_mirroring = True  # False: no mirroring in the final validation and nnUNetv2_predict
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        if self.voco_seed_from_fold:
+            seed = fold if isinstance(fold, int) else 0  # fold "all": seed 0
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        budget = self.voco_budget
+        if budget.epochs is not None:
+            self.num_epochs = budget.epochs
+        if budget.iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = budget.iterations_per_epoch
+        if budget.val_iterations_per_epoch is not None:
+            self.num_val_iterations_per_epoch = budget.val_iterations_per_epoch
+        self.voco_weights = None  # a WeightsChoice found before the network was built; None: look up at start
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if self.voco_budget.batch_size is not None:
+            self.batch_size = min(self.batch_size, self.voco_budget.batch_size)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self.voco_test_time_mirroring:
+            self.inference_allowed_mirroring_axes = None  # 8x cheaper inference on CPU
+        return out
 
     def configure_optimizers(self):
         network = unwrap_network(self.network)
@@ -62,7 +94,7 @@ class nnUNetTrainerVoCo(nnUNetTrainer):
             self.initialize()
         # Only a fresh run takes the VoCo weights; --c continues from nnU-Net's own checkpoint.
         if self.voco_load_weights and self.current_epoch == 0:
-            load_voco_weights(self, self.voco_encoder_family, self.voco_allow_partial)
+            load_voco_weights(self, self.voco_encoder_family, self.voco_allow_partial, self.voco_weights)
         super().on_train_start()
 
 
@@ -70,47 +102,3 @@ class nnUNetTrainerVoCoScratch(nnUNetTrainerVoCo):
     """Same network, schedule and budget as :class:`nnUNetTrainerVoCo`, randomly initialised."""
 
     voco_load_weights = False
-
-
-def _budget(base: type, epochs: int) -> type:
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        base.__init__(self, plans, configuration, fold, dataset_json, device)
-        self.num_epochs = epochs
-
-    name = f"{base.__name__}_{epochs}epochs"
-    return type(name, (base,), {"__init__": __init__, "voco_warmup_epochs": max(1, epochs // 50),
-                                "__module__": __name__, "__qualname__": name,
-                                "__doc__": f"{base.__name__} with {epochs} epochs (warm-up {max(1, epochs // 50)})."})
-
-
-nnUNetTrainerVoCo_100epochs = _budget(nnUNetTrainerVoCo, 100)
-nnUNetTrainerVoCo_250epochs = _budget(nnUNetTrainerVoCo, 250)
-nnUNetTrainerVoCo_500epochs = _budget(nnUNetTrainerVoCo, 500)
-nnUNetTrainerVoCoScratch_100epochs = _budget(nnUNetTrainerVoCoScratch, 100)
-nnUNetTrainerVoCoScratch_250epochs = _budget(nnUNetTrainerVoCoScratch, 250)
-nnUNetTrainerVoCoScratch_500epochs = _budget(nnUNetTrainerVoCoScratch, 500)
-
-
-class _SmokeMixin:
-    """2 epochs x 2 iterations, 1 validation iteration, no mirroring at inference: for CPU tests."""
-
-    voco_warmup_epochs = 1
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 2, 2, 1
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return out
-
-
-class nnUNetTrainerVoCo_smoke(_SmokeMixin, nnUNetTrainerVoCo):
-    """CPU smoke variant of :class:`nnUNetTrainerVoCo`."""
-
-
-class nnUNetTrainerVoCoScratch_smoke(_SmokeMixin, nnUNetTrainerVoCoScratch):
-    """CPU smoke variant of :class:`nnUNetTrainerVoCoScratch`."""

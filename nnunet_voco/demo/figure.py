@@ -1,5 +1,7 @@
 """The figure of ``voco_demo``: the held-out position accuracy of pre-training over its steps, the
 loss curves, and one held-out slice with the ground truth and every arm's prediction (first seed).
+
+matplotlib and SimpleITK are imported only while drawing, so importing this module is cheap.
 """
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo.report import CLASS_NAMES, LOSS_TERMS, read_metrics
-from nnunet_voco.demo.stages import ARMS, DemoFolders
+from nnunet_voco.demo.arms import ARMS
+from nnunet_voco.demo.folders import DemoFolders
+from nnunet_voco.demo.results import CLASS_NAMES, LOSS_TERMS, read_metrics
 
 _COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8")  # liver, spleen, kidneys, spine
 _WINDOW_HU = (-250.0, 450.0)  # soft tissue to bone, so organs and vertebrae both read
@@ -89,7 +92,7 @@ def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
     from nnU-Net's ``fold_SEED/validation`` (titles give that case's mean Dice).
 
     Args:
-        folders: The preset's folders.
+        folders: The run size's folders.
         results: From :func:`nnunet_voco.demo.report.collect_results`.
         path: Output PNG file.
 
@@ -102,7 +105,7 @@ def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    case, seed = folders.heldout_ids()[0], folders.preset.seeds[0]
+    case, seed = folders.heldout_ids()[0], folders.run_size.seeds[0]
     image = _read(os.path.join(folders.raw_dataset, "imagesTr", f"{case}_0000.nii.gz"))
     truth = _read(os.path.join(folders.raw_dataset, "labelsTr", f"{case}.nii.gz"))
     z = pick_slice(truth)
@@ -124,7 +127,7 @@ def plot_demo_figure(folders: DemoFolders, results: dict, path: str) -> str:
                  f"{label}\nseed {seed}: mean Dice {'n/a' if dice is None else f'{dice:.3f}'}")
     fig.legend(handles=[Patch(color=c, label=n) for c, n in zip(_COLOURS, CLASS_NAMES.values())],
                loc="lower center", ncol=len(_COLOURS), fontsize=9, frameon=False)
-    fig.suptitle(f"voco_demo ({folders.preset.name}): SYNTHETIC CT-like phantom, not patient data", fontsize=11)
+    fig.suptitle(f"voco_demo ({folders.run_size.name}): SYNTHETIC CT-like phantom, not patient data", fontsize=11)
     fig.savefig(path)
     plt.close(fig)
     return path

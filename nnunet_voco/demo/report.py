@@ -1,9 +1,8 @@
-"""The report of ``voco_demo``: tables, verdicts, ``results.json`` and a PNG figure.
+"""The report of ``voco_demo``: seed statistics, verdicts, the printed tables, ``results.json`` and the figure.
 
-Inputs are the files the real commands left: nnU-Net's final-validation ``summary.json`` of every
-training run (``fold_SEED/validation``: mean Dice per class over the held-out cases), nnU-Net's
-``debug.json`` (the trainers' budget) and the pre-training's ``metrics.jsonl`` (its held-out
-position-monitor rows carry ``val_*`` keys).
+Inputs are the files the real commands left, read by :mod:`nnunet_voco.demo.results`: nnU-Net's
+final-validation Dice of every training run, its recorded budget and the pre-training's
+``metrics.jsonl``. The figure is drawn by :mod:`nnunet_voco.demo.figure`.
 """
 from __future__ import annotations
 
@@ -13,54 +12,11 @@ import os
 
 import numpy as np
 
-from nnunet_voco.demo.stages import ARMS, COMPARISONS, SYNTHETIC_NOTE, DemoFolders
-from nnunet_voco.demo.phantom import LABELS
-
-CLASS_NAMES = {str(v): k for k, v in LABELS.items() if v > 0}
-LOSS_TERMS = ("loss", "pos", "neg", "reg", "inter")
-MONITOR_KEYS = ("val_position_accuracy", "val_overlap_error", "val_logit_gap", "val_chance", "val_prior")
-
-
-def _number(value: float | None) -> float | None:
-    """JSON-safe float: NaN (a class absent from reference and prediction) becomes None."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
-
-
-def read_dice(summary_path: str) -> dict:
-    """Mean Dice per class over the held-out cases from an nnU-Net ``summary.json``.
-
-    Args:
-        summary_path: File written by nnU-Net's final validation (or ``nnUNetv2_evaluate_folder``).
-
-    Returns:
-        ``{"per_class": {name: dice}, "mean": foreground mean, "per_case": {case: mean dice}}``;
-        NaN values (class absent in both) are None.
-    """
-    with open(summary_path, encoding="utf-8") as f:
-        summary = json.load(f)
-    per_case = {}
-    for row in summary["metric_per_case"]:
-        case = os.path.basename(row["reference_file"]).split(".")[0]
-        values = [m["Dice"] for m in row["metrics"].values() if not math.isnan(m["Dice"])]
-        per_case[case] = _number(float(np.mean(values)) if values else None)
-    return {"per_class": {CLASS_NAMES.get(k, k): _number(v["Dice"]) for k, v in summary["mean"].items()},
-            "mean": _number(summary["foreground_mean"]["Dice"]), "per_case": per_case}
-
-
-def read_metrics(folder: str) -> list[dict]:
-    """Rows of ``metrics.jsonl`` of a ``voco_pretrain`` run (empty if absent)."""
-    path = os.path.join(folder, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def monitor_rows(rows: list[dict]) -> list[dict]:
-    """The held-out position-monitor rows of ``metrics.jsonl`` (step plus the ``val_*`` keys)."""
-    return [{"step": r["step"], **{k: r[k] for k in MONITOR_KEYS if k in r}}
-            for r in rows if "val_position_accuracy" in r]
-
+from nnunet_voco.demo.arms import ARMS, COMPARISONS
+from nnunet_voco.demo.figure import plot_demo_figure
+from nnunet_voco.demo.folders import DemoFolders
+from nnunet_voco.demo.phantom import SYNTHETIC_NOTE
+from nnunet_voco.demo.results import CLASS_NAMES, monitor_rows, read_budget, read_dice, read_metrics
 
 def seed_stats(values: list[float | None]) -> dict:
     """Mean and sample standard deviation over seeds (None entries are skipped).
@@ -106,7 +62,7 @@ def verdict(name: str, pretrained: dict, baseline: dict) -> dict:
 
 def _arm_dice(folders: DemoFolders, arm: str) -> dict:
     runs = {}
-    for seed in folders.preset.seeds:
+    for seed in folders.run_size.seeds:
         path = folders.summary(arm, seed)
         runs[str(seed)] = read_dice(path) if os.path.isfile(path) else None
     per_class = {name: seed_stats([r["per_class"].get(name) if r else None for r in runs.values()])
@@ -115,22 +71,11 @@ def _arm_dice(folders: DemoFolders, arm: str) -> dict:
             "mean": seed_stats([r["mean"] if r else None for r in runs.values()])}
 
 
-def _budget(fold_folder: str) -> dict:
-    """Epochs, iterations and batch size nnU-Net recorded for a training run (``debug.json``), or {}."""
-    path = os.path.join(fold_folder, "debug.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        debug = json.load(f)
-    keys = ("num_epochs", "num_iterations_per_epoch", "batch_size", "initial_lr")
-    return {k: debug[k] for k in keys if k in debug}
-
-
 def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
     """Gathers Dice, verdicts, the pre-training monitor and stage costs into one JSON-ready dictionary.
 
     Args:
-        folders: The preset's folders.
+        folders: The run size's folders.
         state: From :func:`nnunet_voco.demo.workflow.run_stages`.
         device: Device the run used.
 
@@ -140,13 +85,13 @@ def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
     rows = read_metrics(folders.pretrain_folder)
     losses = [r for r in rows if "loss" in r]
     dice = {arm: _arm_dice(folders, arm) for arm in ARMS}
-    p = folders.preset
+    p = folders.run_size
     return {
         "synthetic": True, "note": SYNTHETIC_NOTE, "preset": p.name, "device": device,
         "dataset": folders.dataset, "pool": folders.pool, "train_cases": folders.train_ids(),
         "heldout_cases": folders.heldout_ids(), "seeds": list(p.seeds), "dice": dice,
         "verdicts": {f"{a}_vs_{b}": verdict(name, dice[a]["mean"], dice[b]["mean"]) for name, a, b in COMPARISONS},
-        "budget": _budget(folders.fold_folder("voco", p.seeds[0])),
+        "budget": read_budget(folders.fold_folder("voco", p.seeds[0])),
         "pretraining": {"steps": p.pretrain_steps, "lr": p.pretrain_lr, "folder": folders.pretrain_folder,
                         "first_loss": losses[0]["loss"] if losses else None,
                         "last_loss": losses[-1]["loss"] if losses else None, "monitor": monitor_rows(rows)},
@@ -233,15 +178,13 @@ def write_report(folders: DemoFolders, state: dict, device: str) -> dict:
     """Prints the table and writes ``results.json``, ``results.txt`` and ``voco_demo.png`` under ``<run>``.
 
     Args:
-        folders: The preset's folders.
+        folders: The run size's folders.
         state: From :func:`nnunet_voco.demo.workflow.run_stages`.
         device: Device the run used.
 
     Returns:
         The results dictionary, with ``figure`` and ``table`` paths added.
     """
-    from nnunet_voco.demo.figure import plot_demo_figure  # matplotlib only here
-
     results = collect_results(folders, state, device)
     results["figure"] = plot_demo_figure(folders, results, os.path.join(folders.run, "voco_demo.png"))
     results["table"] = os.path.join(folders.run, "results.txt")

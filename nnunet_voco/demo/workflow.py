@@ -1,8 +1,8 @@
 """Runs ``voco_demo``: the stages of :mod:`nnunet_voco.demo.stages` in order, re-entrantly, then the report.
 
 Each stage prints a banner and the command a user would type, then streams the command's output (also
-kept in ``<work>/<preset>/logs/<stage>.log``). A stage whose outputs exist is reused, with "reusing"
-in the banner; ``<work>/<preset>/demo_state.json`` keeps the wall and CPU time of the run that made
+kept in ``<work>/<run size>/logs/<stage>.log``). A stage whose outputs exist is reused, with "reusing"
+in the banner; ``<work>/<run size>/demo_state.json`` keeps the wall and CPU time of the run that made
 them, so the table of a second call still shows what each stage cost.
 """
 from __future__ import annotations
@@ -14,7 +14,12 @@ import subprocess
 import sys
 import time
 
-from nnunet_voco.demo.stages import ARMS, PRESETS, SYNTHETIC_NOTE, DemoFolders, Stage, build_stages
+from nnunet_voco.demo.arms import ARMS
+from nnunet_voco.demo.folders import DemoFolders
+from nnunet_voco.demo.phantom import SYNTHETIC_NOTE
+from nnunet_voco.demo.report import write_report
+from nnunet_voco.demo.run_sizes import RUN_SIZES
+from nnunet_voco.demo.stages import Stage, build_stages
 
 
 def _executable(name: str) -> str:
@@ -75,7 +80,7 @@ def run_stages(stages: list[Stage], folders: DemoFolders, state: dict) -> dict:
 
     Args:
         stages: From :func:`nnunet_voco.demo.stages.build_stages`.
-        folders: The preset's folders (logs go to ``<run>/logs``).
+        folders: The run size's folders (logs go to ``<run>/logs``).
         state: ``{"stages": {key: {...}}}`` from :func:`load_state`; saved after every stage.
 
     Returns:
@@ -129,7 +134,7 @@ def save_state(folders: DemoFolders, state: dict) -> None:
 
 
 def _describe(folders: DemoFolders, device: str) -> str:
-    p, env = folders.preset, folders.environment()
+    p, env = folders.run_size, folders.environment()
     names = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc", "nnUNet_n_proc_DA",
              "nnUNet_compile")
     exports = " ".join(f"{k}={shlex.quote(env[k])}" for k in names)
@@ -144,26 +149,25 @@ def _describe(folders: DemoFolders, device: str) -> str:
             f"Every command below runs with:\n  export {exports}")
 
 
-def run_demo(work: str, preset_name: str = "default", device: str = "cpu") -> dict:
+def run_demo(work: str, run_size: str = "default", device: str = "cpu") -> dict:
     """Runs (or resumes) the whole demo and writes its report.
 
     Args:
         work: Work folder; created if missing. nnU-Net's three folders live inside it.
-        preset_name: A key of :data:`nnunet_voco.demo.stages.PRESETS` ("default" or "quick").
+        run_size: A key of :data:`nnunet_voco.demo.run_sizes.RUN_SIZES` ("default" or "quick").
         device: ``cpu`` or ``cuda`` for pre-training and training.
 
     Returns:
-        The results dictionary also written to ``<work>/<preset>/results.json``.
+        The results dictionary also written to ``<work>/<run size>/results.json``.
 
     Raises:
-        ValueError: Unknown preset.
+        ValueError: Unknown run size.
         RuntimeError: A stage failed (see :func:`run_stages`).
     """
-    if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; choose one of {sorted(PRESETS)}")
-    from nnunet_voco.demo.report import write_report  # matplotlib: imported only when needed
+    if run_size not in RUN_SIZES:
+        raise ValueError(f"unknown demo run size {run_size!r}; choose one of {sorted(RUN_SIZES)}")
 
-    folders = DemoFolders(work, PRESETS[preset_name])
+    folders = DemoFolders(work, RUN_SIZES[run_size])
     print(_describe(folders, device), flush=True)
     start = time.perf_counter()
     state = run_stages(build_stages(folders, device), folders, load_state(folders))

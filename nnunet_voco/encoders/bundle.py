@@ -2,16 +2,22 @@
 
 An :class:`EncoderBundle` is everything the pre-training loop needs to know about an encoder:
 the module that produces the per-level feature maps VoCo pools into one embedding, the channels of
-those maps, the divisor every crop size must respect, plain-typed metadata written into
-``voco_encoder.pth``, and a function that returns the encoder weights in the key space of the
-downstream network (the keys :func:`nnunet_voco.checkpoint.transfer_encoder` loads).
+those maps, which crops the module accepts (its total stride, the smallest edge worth training on,
+and any further check the family needs), plain-typed metadata written into ``voco_encoder.pth``,
+and a function that returns the encoder weights in the key space of the downstream network (the
+keys :func:`nnunet_voco.checkpoint.transfer_encoder` loads).
+
+The run set-up asks the bundle (:meth:`EncoderBundle.fit_layout`, :meth:`EncoderBundle.validate_crop`)
+instead of testing the encoder's name or stride, so a new family states its needs here.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import torch
+
+from nnunet_voco.voco import geometry
 
 
 @dataclasses.dataclass
@@ -22,12 +28,16 @@ class EncoderBundle:
         module: ``forward(x (N, C, X, Y, Z)) -> list[Tensor]``, one feature map per level (what
             VoCo pools).
         stage_channels: channels of each returned map; the embedding dim is ``sum(stage_channels)``.
-        divisor: crop sizes must be multiples of this per axis.
+        divisor: the total stride per axis: crop sizes must be multiples of it.
         meta: plain types only: ``encoder_family`` (``"cnn"`` | ``"swin"``), ``architecture``
             (dict), ``key_to_encoder`` (str, submodule of the downstream network whose state dict
             is saved), ``encoder_key_prefixes`` (list[str], relative to that submodule; ``[""]`` =
             all keys), ``keys_to_in_proj`` (list[str], relative, without ``.weight``).
         state_fn: returns the encoder state dict in the key space of ``meta["key_to_encoder"]``.
+        min_crop_edge: smallest crop edge in voxels the default layout uses (before rounding up
+            to the stride; see :func:`nnunet_voco.voco.geometry.fitted_layout`).
+        crop_check: raises ``ValueError`` for a crop size (divisible by the stride) that the module
+            still refuses, or None when the stride is the only condition.
     """
 
     module: torch.nn.Module
@@ -35,8 +45,33 @@ class EncoderBundle:
     divisor: tuple[int, int, int]
     meta: dict
     state_fn: Callable[[], dict]
+    min_crop_edge: int = geometry.MIN_CROP_EDGE
+    crop_check: Optional[Callable[[tuple[int, int, int]], None]] = None
 
     @property
     def embedding_dim(self) -> int:
         """Length of the pooled embedding (sum of the stage channels)."""
         return int(sum(self.stage_channels))
+
+    @property
+    def crop_stride(self) -> tuple[int, int, int]:
+        """Crop edges must be multiples of this per axis (the encoder's total stride)."""
+        return tuple(int(d) for d in self.divisor)  # type: ignore[return-value]
+
+    def validate_crop(self, crop_size: Sequence[int]) -> tuple[int, int, int]:
+        """A crop size the encoder accepts, as a tuple.
+
+        Raises:
+            ValueError: not a multiple of the stride, or refused by ``crop_check`` (the message
+                names the axis and a valid size).
+        """
+        crop = geometry.validate_crop_size(crop_size, self.crop_stride)
+        if self.crop_check is not None:
+            self.crop_check(crop)
+        return crop
+
+    def fit_layout(self, median_shape: Sequence[float], patch_size: Sequence[int], spacing: Sequence[float],
+                   grid: Sequence[int] | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int], str]:
+        """The default crop size and grid for this encoder (:func:`~nnunet_voco.voco.geometry.fitted_layout`)."""
+        return geometry.fitted_layout(median_shape, patch_size, spacing, self.crop_stride, grid,
+                                      min_edge=self.min_crop_edge)

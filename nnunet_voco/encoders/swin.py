@@ -244,4 +244,5 @@ def build_swin_encoder(num_input_channels: int, feature_size: int = 48,
         divisor=(SWIN_DIVISOR,) * 3,
         meta=swin_meta(num_input_channels, feature_size),
         state_fn=state_fn,
+        crop_check=check_swin_input_size,  # refuses the 1-voxel bottleneck of a 32^3 crop before training
     )

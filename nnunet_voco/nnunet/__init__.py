@@ -5,7 +5,8 @@ Everything is read through nnU-Net's own API (``maybe_convert_to_dataset_name``,
 and nnU-Net's path variables (lazy ``_EnvPath`` objects in 2.8) are honoured.
 
 User errors raise :class:`UserInputError` (a ``ValueError``) whose message is one line naming the
-value and the fix; the command-line programs turn it into exit code 2.
+value and the fix; the command-line programs turn it into exit code 2. nnU-Net's preprocessing of raw
+images (readers, preprocessor, Blosc2 case files) is in :mod:`nnunet_voco.nnunet.preprocessing`.
 """
 from __future__ import annotations
 
@@ -37,18 +38,73 @@ def results_root() -> str:
     return _env_folder("nnUNet_results")
 
 
-def dataset_name(dataset: str | int) -> str:
-    """Resolve ``17``, ``"17"`` or ``"Dataset017_Liver"`` to the dataset folder name."""
+class UnknownDataset(UserInputError):
+    """No dataset folder matches an id; ``nnunet_error`` is the exception nnU-Net's lookup raised."""
+
+    def __init__(self, message: str, nnunet_error: BaseException):
+        super().__init__(message)
+        self.nnunet_error = nnunet_error
+
+
+def preprocessed_root_if_set() -> str | None:
+    """``$nnUNet_preprocessed`` as nnU-Net reads it, or None when the variable is not set."""
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    return nnUNet_preprocessed.get()
+
+
+def raw_dataset_exists(name: str) -> bool:
+    """Whether ``$nnUNet_raw/<name>`` is a folder (False when nnUNet_raw is not set)."""
+    from nnunetv2.paths import nnUNet_raw
+
+    return nnUNet_raw.is_set() and os.path.isdir(os.path.join(nnUNet_raw, name))
+
+
+def datasets_with_id(dataset_id: int) -> list[str]:
+    """Names of the dataset folders with this id in nnUNet_raw, nnUNet_preprocessed and nnUNet_results."""
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    return [str(name) for name in find_candidate_datasets(dataset_id)]
+
+
+def lookup_dataset_name(dataset: str | int) -> str:
+    """Resolve ``17``, ``"17"`` or ``"Dataset017_Liver"`` with nnU-Net's lookup (a name is returned as given).
+
+    Raises:
+        UnknownDataset: no folder has that id, several have, or the text is neither an id nor a name.
+    """
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    preprocessed_root()
     try:
         return maybe_convert_to_dataset_name(dataset if not str(dataset).isdigit() else int(dataset))
-    except (RuntimeError, ValueError):
-        raise UserInputError(
+    except (RuntimeError, ValueError) as e:
+        raise UnknownDataset(
             f"unknown dataset {dataset!r}: no DatasetXXX_Name folder for it in nnUNet_raw, nnUNet_preprocessed "
-            f"or nnUNet_results; check the id with `ls $nnUNet_preprocessed`"
+            f"or nnUNet_results; check the id with `ls $nnUNet_preprocessed`", e
         ) from None
+
+
+def dataset_name(dataset: str | int) -> str:
+    """Resolve ``17``, ``"17"`` or ``"Dataset017_Liver"`` to the dataset folder name."""
+    preprocessed_root()
+    return lookup_dataset_name(dataset)
+
+
+def read_plans(plans: str | dict):
+    """nnU-Net's ``PlansManager`` for a plans file or dict (the dict stays reachable as ``.plans``)."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    return PlansManager(plans)
+
+
+def plans_configurations(plans_manager) -> list[str]:
+    """The configuration names of the plans, sorted; empty for a file that declares none."""
+    return sorted(plans_manager.plans.get("configurations", {}))
+
+
+def configuration_manager(plans: str | dict, configuration: str):
+    """nnU-Net's ``ConfigurationManager`` (``inherits_from`` resolved) for ``configuration`` of ``plans``."""
+    return read_plans(plans).get_configuration(configuration)
 
 
 @dataclasses.dataclass

@@ -10,18 +10,31 @@ from __future__ import annotations
 import os
 
 from nnunet_voco.checkpoint import load_encoder, transfer_encoder
-from nnunet_voco.nnunet.weights_lookup import ENV_ALLOW_PARTIAL, check_compatibility, find_voco_weights
+from nnunet_voco.nnunet.weights_lookup import ENV_ALLOW_PARTIAL, WeightsChoice, check_compatibility, find_voco_weights
 
 
-def load_voco_weights(trainer, family: str = "cnn", allow_partial: bool = False):
+def find_trainer_weights(trainer, family: str = "cnn") -> WeightsChoice:
+    """The weights for ``trainer``'s dataset, plans and configuration (:func:`find_voco_weights`)."""
+    return find_voco_weights(trainer.plans_manager.dataset_name, trainer.plans_manager.plans_name,
+                             trainer.configuration_name, family)
+
+
+def load_voco_weights(trainer, family: str = "cnn", allow_partial: bool = False, choice: WeightsChoice | None = None):
     """Find, check and load VoCo weights into ``trainer.network``; returns the transfer report.
+
+    Args:
+        trainer: the nnU-Net trainer (initialised: its network exists).
+        family: ``"cnn"`` or ``"swin"``; the weights must hold that encoder family.
+        allow_partial: accept an incomplete transfer (also ``nnUNet_voco_allow_partial=1``).
+        choice: weights the trainer already looked up (the Swin trainer does, to size its network);
+            None: look them up now.
 
     Raises:
         FileNotFoundError: no weights (message: the ``voco_pretrain`` command to run).
         RuntimeError: incompatible checkpoint or incomplete transfer (message: the field/key).
     """
-    choice = find_voco_weights(trainer.plans_manager.dataset_name, trainer.plans_manager.plans_name,
-                               trainer.configuration_name, family)
+    if choice is None:
+        choice = find_trainer_weights(trainer, family)
     state, meta = load_encoder(choice.path)
     if meta.get("encoder_family") != family:
         raise RuntimeError(f"VoCo: {choice.path} holds a {meta.get('encoder_family')} encoder but this trainer "

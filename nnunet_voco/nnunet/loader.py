@@ -8,7 +8,8 @@ pre-training on thousands of cases is equivalent to shuffled epochs and needs no
 
 Per volume a worker reads the window once (only that region of the memory-mapped case), and
 writes every crop once: straight from the window into its slot of the sample, flipped, rotated
-and intensity-augmented on the way (:func:`nnunet_voco.voco.augment.transform_into`). The DataLoader's
+and intensity-augmented on the way (:meth:`nnunet_voco.voco.sampling.WindowSampler.sample`, the
+one crop cutter, which the tests pin). The DataLoader's
 collation then stacks the volumes of a batch into shared memory, and on CUDA its pin-memory
 thread copies the batch into page-locked memory so that the loop's ``non_blocking`` copies overlap
 with compute.
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nnunet_voco.voco.augment import AugmentConfig, draw_transforms, transform_into
-from nnunet_voco.voco.sampling import WindowSampler, crop_views
+from nnunet_voco.voco.augment import AugmentConfig
+from nnunet_voco.voco.sampling import WindowSampler
 
 
 class VoCoStream(IterableDataset):
@@ -51,26 +52,15 @@ class VoCoStream(IterableDataset):
         return rng, torch.Generator().manual_seed(int(rng.integers(2**62)))
 
     def make_sample(self, rng: np.random.Generator, generator: torch.Generator) -> dict:
-        """One per-volume sample: the window is read once and every crop written once.
+        """One per-volume sample: :meth:`WindowSampler.sample` (window read once, every crop written once).
 
         Returns:
             dict with ``bases`` ``(K, C, *crop)``, ``targets`` ``(S, C, *crop)`` (float32 tensors),
             ``overlaps`` ``(S, K)`` and ``padding_share`` (0-d: share of the window that is padding).
         """
-        layout = self.sampler.layout
-        sample = self.sampler.sample_window(rng)
-        views = crop_views(sample["window"], layout, sample["target_offsets"])
-        k, channels = layout.num_bases, sample["window"].shape[0]
-        # numpy memory: freed buffers are reused by malloc, while every fresh torch CPU allocation of
-        # this size page-faults anew (measured: 3x the cost of filling it)
-        out = np.empty((len(views), channels) + tuple(layout.crop_size), dtype=np.float32)  # bases, then targets
-        transforms = None
-        if self.augment is not None:
-            a, b = (layout.crop_size[ax] for ax in self.inplane_axes)
-            transforms = draw_transforms(len(views), self.augment, generator, square=a == b)
-        transform_into(views, out, transforms, self.inplane_axes)
-        out = torch.from_numpy(out)
-        return {"bases": out[:k], "targets": out[k:], "overlaps": torch.from_numpy(sample["overlaps"]),
+        sample = self.sampler.sample(rng, self.augment, generator, self.inplane_axes)
+        return {"bases": torch.from_numpy(sample["bases"]), "targets": torch.from_numpy(sample["targets"]),
+                "overlaps": torch.from_numpy(sample["overlaps"]),
                 "padding_share": torch.tensor(sample["padding_share"], dtype=torch.float32)}
 
     def __iter__(self):

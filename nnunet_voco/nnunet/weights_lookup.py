@@ -8,19 +8,20 @@ Lookup order (the trainer logs which one won and lists the other candidates):
        fine-tuned, or an unlabelled pool built with its plans (``voco_preprocess_unlabeled``), and
        whose encoder family matches the trainer (CNN or Swin). Of these the newest finished run
        (modification time of ``voco_encoder.pth``) is used.
+Names and the listing of runs come from :mod:`nnunet_voco.artifacts`; this module holds the rules.
 No candidate is an error that prints the ``voco_pretrain`` command to run: a VoCo trainer never
 silently trains from scratch.
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 
 import numpy as np
 
+from nnunet_voco import artifacts
 from nnunet_voco.checkpoint import to_plain
+from nnunet_voco.nnunet import UserInputError
 
 ENV_WEIGHTS = "nnUNet_voco_weights"
 ENV_ALLOW_PARTIAL = "nnUNet_voco_allow_partial"
@@ -31,28 +32,22 @@ DECODER_ONLY_KWARGS = ("n_conv_per_stage_decoder",)
 
 @dataclasses.dataclass
 class WeightsChoice:
+    """The encoder file a fine-tuning run uses, why it won, and the candidates it beat."""
+
     path: str
     reason: str
     others: list[str]
 
 
 def _candidates(dataset_name: str, plans_name: str, configuration: str, family: str) -> list[str]:
-    results = os.environ.get("nnUNet_results")
-    if not results:
+    """Encoder files of finished runs that cover ``dataset_name`` with a ``family`` encoder, newest first."""
+    try:
+        found = artifacts.list_encoders(plans_name, configuration)
+    except UserInputError:  # nnUNet_results not set: there is no run to find
         return []
-    found = []
-    pattern = os.path.join(results, "*", f"VoCo__{plans_name}__{configuration}", "voco_encoder.json")
-    for meta_file in glob.glob(pattern):
-        weights = meta_file[:-5] + ".pth"
-        try:
-            with open(meta_file) as f:
-                meta = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            continue
-        covers = dataset_name in meta.get("datasets", []) or dataset_name in meta.get("plans_source_datasets", [])
-        if covers and meta.get("encoder_family") == family and os.path.isfile(weights):
-            found.append(weights)
-    return sorted(found, key=os.path.getmtime, reverse=True)
+    covering = [a.path for a in found if a.meta.get("encoder_family") == family and (
+        dataset_name in (a.meta.get("datasets") or []) or dataset_name in (a.meta.get("plans_source_datasets") or []))]
+    return sorted(covering, key=os.path.getmtime, reverse=True)
 
 
 def find_voco_weights(dataset_name: str, plans_name: str, configuration: str, family: str = "cnn") -> WeightsChoice:
@@ -64,8 +59,9 @@ def find_voco_weights(dataset_name: str, plans_name: str, configuration: str, fa
     explicit = os.environ.get(ENV_WEIGHTS)
     if explicit:
         if not os.path.isfile(explicit):
-            raise FileNotFoundError(f"{ENV_WEIGHTS}={explicit} does not exist; point it at a voco_encoder.pth or "
-                                    f"unset it to use the weights voco_pretrain wrote for {dataset_name}")
+            raise FileNotFoundError(f"{ENV_WEIGHTS}={explicit} does not exist; point it at a "
+                                    f"{artifacts.ENCODER_FILE} or unset it to use the weights voco_pretrain wrote "
+                                    f"for {dataset_name}")
         return WeightsChoice(explicit, f"from ${ENV_WEIGHTS}", [])
     found = _candidates(dataset_name, plans_name, configuration, family)
     if not found:
@@ -73,8 +69,9 @@ def find_voco_weights(dataset_name: str, plans_name: str, configuration: str, fa
         plans = "" if plans_name == "nnUNetPlans" else f" -p {plans_name}"
         raise FileNotFoundError(
             f"no VoCo weights for {dataset_name} ({plans_name}, {configuration}, {family} encoder) under "
-            f"$nnUNet_results/*/VoCo__{plans_name}__{configuration}/; run `voco_pretrain -d {int(dataset_name[7:10])}"
-            f"{plans}{encoder} -c {configuration}` first, or set {ENV_WEIGHTS}=/path/to/voco_encoder.pth"
+            f"$nnUNet_results/*/{artifacts.run_folder_name(plans_name, configuration)}/; run `voco_pretrain -d "
+            f"{int(dataset_name[7:10])}{plans}{encoder} -c {configuration}` first, or set "
+            f"{ENV_WEIGHTS}=/path/to/{artifacts.ENCODER_FILE}"
         )
     reason = "newest finished voco_pretrain run covering " + dataset_name
     return WeightsChoice(found[0], reason, found[1:])

@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from nnunet_voco.voco.presets import DEFAULT_PRESET, PRESETS
+
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
@@ -37,7 +39,7 @@ class AugmentConfig:
 
     flip_prob: float = 0.2  # per axis
     rot90_prob: float = 0.2  # in the two in-plane axes
-    shift_prob: float = 0.5  # additive intensity shift, uniform in [-shift, shift]
+    shift_prob: float = PRESETS[DEFAULT_PRESET].shift_prob  # additive shift, uniform in [-shift, shift] (v2: 0.5)
     shift: float = 0.1
     scale_prob: float = 0.0  # multiplicative intensity scale, uniform in [1 - scale, 1 + scale]
     scale: float = 0.1

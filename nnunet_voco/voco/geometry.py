@@ -89,6 +89,29 @@ def default_grid(spacing: Sequence[float], cells: int = 3,
     return tuple(1 if axis == whole else cells for axis in range(3))  # type: ignore[return-value]
 
 
+def inplane_axes(grid: Sequence[int], spacing: Sequence[float],
+                 median_shape: Sequence[float] | None = None) -> tuple[int, int]:
+    """The two axes augmentation rotates in (rot90): the plane the grid splits.
+
+    A grid that splits exactly two axes names them; any other grid (one split axis, or all three)
+    falls back to the two axes other than :func:`unsplit_axis`, the same isotropy test that chose
+    the default grid.
+
+    Args:
+        grid: the base grid ``(gx, gy, gz)``.
+        spacing: voxel spacing of the configuration.
+        median_shape: median case shape (see :func:`unsplit_axis`).
+
+    Returns:
+        Two axis indices in increasing order.
+    """
+    split = tuple(a for a in range(3) if int(grid[a]) > 1)
+    if len(split) == 2:
+        return split  # type: ignore[return-value]
+    whole = unsplit_axis(spacing, median_shape)
+    return tuple(a for a in range(3) if a != whole)  # type: ignore[return-value]
+
+
 def _fit_edge(room: float, cells: int, cap: int, divisor: int, minimum: int) -> int:
     """Largest multiple of ``divisor`` that is <= ``cap`` and lets ``cells`` crops fit into ``room``."""
     edge = min(int(cap), int(room // cells)) // divisor * divisor
@@ -123,10 +146,12 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
         median_shape: median spatial case shape (preprocessed axis order).
         patch_size: the configuration's patch size (upper bound of every crop edge).
         spacing: the configuration's spacing.
-        divisor: the encoder's total stride per axis (crop edges must be multiples of it).
+        divisor: the encoder's total stride per axis (crop edges must be multiples of it); the
+            encoder declares it (``EncoderBundle.crop_stride``, which calls this function).
         grid: a fixed grid (``--grid``); only the crop size is fitted then.
         cells: cells per in-plane axis to try, in order.
-        min_edge: minimum crop edge in voxels (before rounding up to the stride).
+        min_edge: minimum crop edge in voxels (before rounding up to the stride;
+            ``EncoderBundle.min_crop_edge``).
 
     Returns:
         ``(crop_size, grid, rule)``: ``rule`` is a one-line account of how they were chosen.

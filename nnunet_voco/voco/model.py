@@ -1,6 +1,7 @@
 """VoCoModel: encoder + projector + EMA teacher + loss, so the loop sees data, a model and a checkpoint.
 
-Presets (DESIGN.md section 4, VOCO_SPEC.md sections 1.5 and 2.3-2.4):
+Presets (DESIGN.md section 4, VOCO_SPEC.md sections 1.5 and 2.3-2.4; their defaults are declared in
+:mod:`nnunet_voco.voco.presets`):
     * ``v2`` (default, TPAMI code): one backbone; the student projector sees the (dropped-out)
       embedding, an EMA copy of the projector (teacher) sees the clean embedding under no-grad.
     * ``v1`` (CVPR repo code): an EMA copy of the whole student (backbone and projector) is the
@@ -18,17 +19,19 @@ Notes:
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnunet_voco.voco.ema import make_teacher, update_ema
-from nnunet_voco.encoders.bundle import EncoderBundle
 from nnunet_voco.voco.heads import ProjectionHead, pool_stage_features
 from nnunet_voco.voco.loss import VoCoLoss
+from nnunet_voco.voco.presets import get_preset
 
-PRESETS = ("v2", "v1")
-DEFAULT_HEAD_DIMS = {"v2": 1024, "v1": 2048}
+if TYPE_CHECKING:  # the method knows the encoder contract only by its shape (no import outward)
+    from nnunet_voco.encoders.bundle import EncoderBundle
 
 
 class VoCoModel(nn.Module):
@@ -38,7 +41,7 @@ class VoCoModel(nn.Module):
         bundle: the encoder (:class:`EncoderBundle`).
         preset: ``"v2"`` or ``"v1"``.
         loss: the :class:`VoCoLoss` (its preset must match).
-        head_dim: hidden and output width of the projector (default per preset: 1024 / 2048).
+        head_dim: hidden and output width of the projector (default: the preset's, 1024 / 2048).
         embedding_dropout: dropout probability on the pooled embedding before the student
             projector (v2 only; 0 disables).
         row_dropout: drop whole embeddings as the official v2 code does.
@@ -47,20 +50,19 @@ class VoCoModel(nn.Module):
         ValueError: unknown preset or a loss of another preset.
     """
 
-    def __init__(self, bundle: EncoderBundle, preset: str, loss: VoCoLoss, head_dim: int | None = None,
+    def __init__(self, bundle: "EncoderBundle", preset: str, loss: VoCoLoss, head_dim: int | None = None,
                  embedding_dropout: float = 0.0, row_dropout: bool = False):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown VoCo preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        spec = get_preset(preset)
         if loss.preset != preset:
             raise ValueError(f"loss preset {loss.preset!r} does not match model preset {preset!r}")
-        head_dim = head_dim or DEFAULT_HEAD_DIMS[preset]
+        head_dim = head_dim or spec.head_dim
         self.preset = preset
         self.encoder = bundle.module
         self.projector = ProjectionHead(bundle.embedding_dim, head_dim, head_dim)
         self.teacher_projector = make_teacher(self.projector)
-        self.teacher_encoder = make_teacher(self.encoder) if preset == "v1" else None
-        self.embedding_dropout = float(embedding_dropout) if preset == "v2" else 0.0
+        self.teacher_encoder = make_teacher(self.encoder) if spec.teacher_encoder else None
+        self.embedding_dropout = float(embedding_dropout) if spec.uses_embedding_dropout else 0.0
         self.row_dropout = bool(row_dropout)
         self.loss = loss
 

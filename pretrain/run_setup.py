@@ -1,0 +1,256 @@
+"""One run of ``voco_pretrain``, resolved once: encoder, geometry, batch, preset defaults, model, optimiser.
+
+:func:`resolve_run` turns a :class:`~nnunet_voco.pretrain.config.PretrainConfig` (``None`` = derive)
+and the opened datasets into a frozen :class:`RunSetup` that the loop
+(:func:`nnunet_voco.pretrain.loop.run_pretraining`) and the benchmarks (``benchmarks/step_profile.py``,
+``gpu.py``) both use, so a benchmark measures the run, not a copy of its set-up. What it decides:
+
+* the encoder (:func:`nnunet_voco.encoders.build_encoder`), seeded with ``seed + rank``;
+* the layout (:func:`resolve_layout`): crop size and grid fitted to the median case by the
+  encoder's own rule (:meth:`EncoderBundle.fit_layout`) unless ``--crop_size`` / ``--grid`` are given;
+* the volumes per step (:func:`resolve_batch_size`) and the in-plane axes rot90 uses
+  (:func:`nnunet_voco.voco.geometry.inplane_axes`, the isotropy test that chose the grid);
+* the preset defaults (:mod:`nnunet_voco.voco.presets`): projector width, embedding dropout, shift;
+* the held-out cases of the position monitor, the data workers and the warm-up;
+* model, fused AdamW, autocast dtype and GradScaler.
+
+Nothing is written here: the loop claims the output folder afterwards, so bad input fails before
+any file exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnunet_voco.encoders import build_encoder
+from nnunet_voco.encoders.bundle import EncoderBundle
+from nnunet_voco.nnunet import UserInputError
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader
+from nnunet_voco.pretrain.distributed import RunContext, autocast_dtype
+from nnunet_voco.pretrain.run_schedule import default_warmup
+from nnunet_voco.voco import geometry
+from nnunet_voco.voco.augment import AugmentConfig
+from nnunet_voco.voco.loss import VoCoLoss
+from nnunet_voco.voco.model import VoCoModel
+from nnunet_voco.voco.monitor import HeldOutWindows, split_cases
+from nnunet_voco.voco.presets import Preset, get_preset
+from nnunet_voco.voco.sampling import CropLayout, WindowSampler
+
+INTENSITY_SHIFT = 0.1  # +-0.1 in both official codes (VOCO_SPEC.md sections 1.2 and 2.2)
+INTENSITY_SCALE = 0.1  # ours: x[0.9, 1.1] when --scale_prob > 0
+
+
+def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, int]]]:
+    """Spatial shapes of the cases (an evenly spaced subset of ``limit`` for large pools).
+
+    Reads only array headers through nnU-Net's dataset classes (blosc2/numpy memory maps).
+    """
+    cases = [(s, ident) for s in sources for ident in s.identifiers]
+    checked = [cases[i] for i in np.unique(np.linspace(0, len(cases) - 1, min(limit, len(cases))).astype(int))]
+    datasets = {id(s): s.open() for s in sources}
+    return [(f"{s.name}/{ident}", tuple(int(v) for v in datasets[id(s)].load_case(ident)[0].shape[1:]))
+            for s, ident in checked]
+
+
+def small_case_warning(shapes, crop_size) -> Optional[str]:
+    """The warning about cases smaller than a crop on some axis (they are padded), or None."""
+    small = [(name, shape) for name, shape in shapes if any(a < c for a, c in zip(shape, crop_size))]
+    if not small:
+        return None
+    return (f"VoCo: warning: {len(small)} of {len(shapes)} checked cases are smaller than the crop "
+            f"{tuple(crop_size)} on some axis and get padded with their minimum (first: {small[0][0]} "
+            f"{small[0][1]}); pass a smaller --crop_size if that is much of the data")
+
+
+def resolve_layout(config, configuration_manager, bundle: EncoderBundle, median_shape) -> tuple[CropLayout, str]:
+    """Crop size and grid (fitted to the median case unless given) and the number of targets.
+
+    Returns:
+        The layout and a one-line account of the rule that produced it (printed at start).
+    """
+    if config.crop_size is None:
+        crop, grid, rule = bundle.fit_layout(median_shape, configuration_manager.patch_size,
+                                             configuration_manager.spacing, config.grid)
+    else:
+        crop = bundle.validate_crop(config.crop_size)
+        grid = tuple(config.grid or geometry.default_grid(configuration_manager.spacing, 3, median_shape))
+        rule = f"crop size {crop} given (--crop_size), grid {grid} {'given' if config.grid else '(3x3 in-plane)'}"
+    geometry.window_size(crop, grid)  # validates the grid
+    if config.num_targets < 1:
+        raise UserInputError(f"--num_targets {config.num_targets} must be >= 1")
+    return CropLayout(tuple(crop), tuple(grid), config.num_targets), rule
+
+
+def resolve_batch_size(config, configuration_manager, layout: CropLayout) -> int:
+    """Volumes per step and process.
+
+    Rule: nnU-Net sized ``batch_size`` patches of the full U-Net for its GPU-memory target. An
+    encoder-only pass costs about half of a full U-Net pass per voxel, and one VoCo volume passes
+    ``S + K`` crops, so a volume costs ``(S + K) / 2 * crop_voxels / patch_voxels`` supervised
+    samples; the default is the plans' batch size divided by that, at least 1.
+    """
+    if config.batch_size is not None:
+        if config.batch_size < 1:
+            raise UserInputError(f"--batch_size {config.batch_size} must be >= 1")
+        return config.batch_size
+    ratio = np.prod(layout.crop_size) / np.prod(configuration_manager.patch_size)
+    cost = (layout.num_targets + layout.num_bases) / 2 * ratio
+    return max(1, int(configuration_manager.batch_size // cost))
+
+
+def held_out_count(config, num_cases: int) -> tuple[int, Optional[str]]:
+    """Cases to hold out for the monitor (``--val_cases``, never the last training case) and a warning."""
+    if config.val_cases < 0 or config.val_every < 1 or config.val_windows < 1:
+        raise UserInputError(f"--val_cases {config.val_cases}, --val_every {config.val_every} and --val_windows "
+                             f"{config.val_windows} must be >= 0, >= 1 and >= 1")
+    n = min(config.val_cases, num_cases - 1)
+    warning = None
+    if n < config.val_cases:
+        warning = (f"VoCo: warning: only {num_cases} case(s): holding out {n} instead of --val_cases "
+                   f"{config.val_cases}" + ("; the held-out position monitor is off" if n == 0 else ""))
+    return max(n, 0), warning
+
+
+def default_num_workers() -> int:
+    """Data workers per process when ``--num_workers`` is not given: ``min(4, cpus - 1)``."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSetup:
+    """Everything one process of a run is made of, before its output folder and its first step."""
+
+    config: object  # the PretrainConfig it was resolved from
+    ctx: RunContext
+    sources: list
+    bundle: EncoderBundle
+    shapes: list  # (name, spatial shape) of the checked cases
+    median_shape: tuple[int, int, int]
+    layout: CropLayout
+    geometry_rule: str  # how the layout was chosen (printed at start)
+    batch_size: int  # volumes per step and process
+    inplane: tuple[int, int]  # the axes rot90 rotates in
+    preset: Preset
+    augment: AugmentConfig
+    on_device_aug: bool  # augment the batch on the GPU (else in the data workers)
+    num_workers: int
+    warmup_steps: int
+    train_cases: list  # (source index, identifier)
+    val_cases: list
+    warnings: tuple[str, ...]  # for the run log (the setup writes nothing itself)
+    model: VoCoModel
+    optimizer: torch.optim.Optimizer
+    amp_dtype: Optional[torch.dtype]
+    scaler: Optional[torch.amp.GradScaler]
+
+    def make_loader(self, start_step: int = 0):
+        """The training batches of this rank from ``start_step`` on (endless DataLoader)."""
+        sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, self.train_cases)
+        stream = VoCoStream(sampler, self.config.seed, self.ctx.rank, start_step,
+                            None if self.on_device_aug else self.augment, self.inplane)
+        return make_loader(stream, self.batch_size, self.num_workers, pin_memory=self.ctx.device.type == "cuda")
+
+    def training_model(self) -> torch.nn.Module:
+        """The module ``train_step`` runs: DDP-wrapped under torchrun, its encoder compiled with ``--compile``.
+
+        Call it after a resumed state was loaded into :attr:`model` (DDP broadcasts rank 0's weights).
+        """
+        train_model = self.model
+        if self.ctx.distributed:
+            ids = [self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
+            train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        if self.config.compile:
+            self.model.encoder = torch.compile(self.model.encoder)
+        return train_model
+
+    def augment_generator(self, start_step: int = 0) -> torch.Generator:
+        """The CPU generator of the on-device augmentation (one stream per rank and resume step)."""
+        return torch.Generator().manual_seed(self.config.seed * 1000003 + self.ctx.rank * 7919 + start_step)
+
+    def held_out_windows(self) -> Optional[HeldOutWindows]:
+        """The fixed held-out windows of the position monitor (rank 0 only; None when off)."""
+        if not self.val_cases or not self.ctx.is_main:
+            return None
+        sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, self.val_cases)
+        return HeldOutWindows(sampler, self.config.val_windows)
+
+    def describe(self, config, folder: str) -> list[str]:
+        """The start lines of the run log: what is trained on what, the geometry rule, the chosen values."""
+        layout, ctx = self.layout, self.ctx
+        return [
+            f"VoCo pre-training: preset {config.preset}, encoder {config.encoder} ({self.bundle.embedding_dim}-d "
+            f"embedding), datasets {', '.join(s.name for s in self.sources)} ({len(self.train_cases)} training + "
+            f"{len(self.val_cases)} held-out cases), plans {config.plans}, configuration {config.configuration}",
+            f"VoCo: geometry: {self.geometry_rule} (median of {len(self.shapes)} cases)",
+            f"VoCo: crop {layout.crop_size}, grid {layout.grid} ({layout.num_bases} base + {layout.num_targets} "
+            f"target crops, window {layout.window}), {self.batch_size} volumes/step/process x {ctx.world_size} "
+            f"processes, device {ctx.device}, precision {self.amp_dtype or 'fp32'}, {self.num_workers} data "
+            f"workers, output {folder}"]
+
+    def resolved(self) -> dict:
+        """The derived values written into ``config.json`` next to the flags."""
+        return {"batch_size": self.batch_size, "crop_size": self.layout.crop_size, "grid": self.layout.grid,
+                "warmup_steps": self.warmup_steps, "world_size": self.ctx.world_size,
+                "median_case_shape": self.median_shape, "geometry_rule": self.geometry_rule,
+                "val_cases": [f"{self.sources[i].name}/{ident}" for i, ident in self.val_cases]}
+
+
+def _build_model(config, ctx: RunContext, bundle: EncoderBundle, preset: Preset) -> VoCoModel:
+    torch.manual_seed(config.seed + ctx.rank)
+    loss = VoCoLoss(preset.name, config.pos_weight, config.neg_weight, config.reg_weight, config.inter_weight)
+    dropout = config.embedding_dropout if config.embedding_dropout is not None else preset.embedding_dropout
+    model = VoCoModel(bundle, preset.name, loss, config.head_dim, dropout, config.row_dropout).to(ctx.device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if ctx.distributed and ctx.device.type == "cuda":  # before the optimizer sees the parameters;
+        # SyncBatchNorm needs GPU tensors (DDP refuses it on CPU), so gloo ranks keep per-rank statistics
+        model.projector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
+    return model
+
+
+def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
+    """Resolve every derived value of a run and build its model and optimiser (see the module docstring).
+
+    Args:
+        config: the run's ``PretrainConfig``.
+        sources: the opened datasets (:func:`nnunet_voco.nnunet.open_datasets`); the first one's
+            plans define encoder and geometry.
+        ctx: the process context (device, rank, world size).
+
+    Raises:
+        UserInputError / ValueError: a flag the data or the encoder cannot satisfy.
+    """
+    first = sources[0]
+    preset = get_preset(config.preset)
+    torch.manual_seed(config.seed + ctx.rank)  # the encoder's initialisation too: seeds give matched arms
+    bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager, first.num_input_channels,
+                           config.swin_feature_size, config.gradient_checkpointing)
+    shapes = case_shapes(sources)
+    median_shape = tuple(int(v) for v in np.median([shape for _, shape in shapes], axis=0))
+    layout, rule = resolve_layout(config, first.configuration_manager, bundle, median_shape)
+    batch_size = resolve_batch_size(config, first.configuration_manager, layout)
+    all_cases = [(i, ident) for i, src in enumerate(sources) for ident in src.identifiers]
+    n_held, held_warning = held_out_count(config, len(all_cases))
+    train_cases, val_cases = split_cases(all_cases, [src.name for src in sources], n_held)
+    shift_prob = config.shift_prob if config.shift_prob is not None else preset.shift_prob
+    model = _build_model(config, ctx, bundle, preset)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
+                                  fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
+    amp_dtype = autocast_dtype(config.precision, ctx.device)
+    return RunSetup(
+        config=config, ctx=ctx, sources=list(sources), bundle=bundle, shapes=shapes, median_shape=median_shape,
+        layout=layout, geometry_rule=rule, batch_size=batch_size,
+        inplane=geometry.inplane_axes(layout.grid, first.configuration_manager.spacing, median_shape),
+        preset=preset, augment=AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, INTENSITY_SHIFT,
+                                             config.scale_prob, INTENSITY_SCALE),
+        on_device_aug=ctx.device.type == "cuda",
+        num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
+        warmup_steps=config.warmup_steps if config.warmup_steps is not None else default_warmup(config.num_steps),
+        train_cases=train_cases, val_cases=val_cases, warnings=tuple(w for w in (held_warning,) if w),
+        model=model, optimizer=optimizer, amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
