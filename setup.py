@@ -30,6 +30,7 @@ setup(
         "nnunet_voco.voco",
         "nnunet_voco.encoders",
         "nnunet_voco.nnunet",
+        "nnunet_voco.finetune",
         "nnunet_voco.storage",
         "nnunet_voco.pool",
         "nnunet_voco.demo",

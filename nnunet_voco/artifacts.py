@@ -5,7 +5,7 @@ A pre-training run writes into ``$nnUNet_results/<Dataset>/VoCo__<plans>__<confi
 exported encoder is ``voco_encoder.pth`` with the metadata beside it as ``voco_encoder.json`` (the
 same dict as the ``meta`` inside the ``.pth``, cheap to read without loading tensors), and, for CNN
 encoders, ``pretrained_network.pth`` for stock ``nnUNetv2_train -pretrained_weights``. The trainers
-(through :mod:`nnunet_voco.nnunet.weights_lookup`), the export, the weight import and the demo all
+(through :mod:`nnunet_voco.finetune.weights_lookup`), the export, the weight import and the demo all
 take these names, the pair writer and the candidate listing from here.
 
 The ``.pth`` format itself (schema version, safe reading) is :mod:`nnunet_voco.checkpoint`'s.
@@ -104,7 +104,7 @@ def list_encoders(plans_name: str, configuration: str, results: str | None = Non
 
     Looks at ``<results>/*/VoCo__<plans>__<configuration>/voco_encoder.json``; a run counts when its
     sidecar is readable and its ``voco_encoder.pth`` exists. Which one a trainer uses is decided
-    by :func:`nnunet_voco.nnunet.weights_lookup.find_voco_weights`.
+    by :func:`nnunet_voco.finetune.weights_lookup.find_voco_weights`.
 
     Args:
         plans_name: the plans identifier, e.g. ``nnUNetPlans``.

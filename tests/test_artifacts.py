@@ -76,7 +76,7 @@ def test_list_encoders_needs_both_files_and_the_run_folder_name(tmp_path):
 
 
 def test_lookup_takes_the_newest_covering_run_of_the_family(tmp_path, monkeypatch):
-    from nnunet_voco.nnunet.weights_lookup import find_voco_weights
+    from nnunet_voco.finetune.weights_lookup import find_voco_weights
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     monkeypatch.delenv("nnUNet_voco_weights", raising=False)

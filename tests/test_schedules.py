@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nnunet_voco.voco.ema import make_teacher, momentum_at, update_ema
-from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler, warmup_poly_factor
+from nnunet_voco.finetune.lr_schedule import WarmupPolyLRScheduler, warmup_poly_factor
 from nnunet_voco.voco.schedule import lr_at
 
 

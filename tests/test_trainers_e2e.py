@@ -69,7 +69,7 @@ def test_predict_and_export_need_no_pretraining_files(trained, tmp_path):
 
 def test_encoder_equals_checkpoint_and_decoder_does_not(pretrained_toy, monkeypatch):
     from nnunet_voco.checkpoint import load_encoder
-    from nnunet_voco.nnunet.finetune import load_voco_weights
+    from nnunet_voco.finetune.weights_loading import load_voco_weights
 
     env, voco_folder = pretrained_toy
     trainer = _trainer(env, monkeypatch, fold=2)
@@ -88,7 +88,7 @@ def test_encoder_equals_checkpoint_and_decoder_does_not(pretrained_toy, monkeypa
 
 
 def test_wrong_architecture_names_the_field(pretrained_toy, planned_toy, monkeypatch):
-    from nnunet_voco.nnunet.finetune import load_voco_weights
+    from nnunet_voco.finetune.weights_loading import load_voco_weights
 
     env, _ = pretrained_toy
     resenc = os.path.join(env["nnUNet_results"], TOY_NAME, "VoCo__nnUNetResEncUNetMPlans__3d_fullres",
@@ -104,7 +104,7 @@ def test_wrong_architecture_names_the_field(pretrained_toy, planned_toy, monkeyp
 
 
 def test_missing_weights_print_the_command(pretrained_toy, monkeypatch, tmp_path):
-    from nnunet_voco.nnunet.finetune import load_voco_weights
+    from nnunet_voco.finetune.weights_loading import load_voco_weights
 
     env, _ = pretrained_toy
     trainer = _trainer(env, monkeypatch, fold=4)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from nnunet_voco.checkpoint import unwrap_network
-from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.finetune.lr_schedule import WarmupPolyLRScheduler
 from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo
 
 __all__ = ["nnUNetTrainerVoCoFrozen", "nnUNetTrainerVoCoFrozenScratch"]

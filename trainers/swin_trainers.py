@@ -33,8 +33,8 @@ import torch
 from nnunet_voco import artifacts
 from nnunet_voco.checkpoint import unwrap_network
 from nnunet_voco.encoders.swin import SWIN_ENCODER_PREFIXES, SWIN_KEY_TO_ENCODER, build_swin_network, swin_patch_size
-from nnunet_voco.nnunet.finetune import find_trainer_weights
-from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.finetune.weights_loading import find_trainer_weights
+from nnunet_voco.finetune.lr_schedule import WarmupPolyLRScheduler
 from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo
 
 __all__ = ["nnUNetTrainerVoCoSwin", "nnUNetTrainerSwinScratch"]

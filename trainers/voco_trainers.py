@@ -2,9 +2,9 @@
 
 ``nnUNetv2_train D 3d_fullres FOLD -tr nnUNetTrainerVoCo [-p nnUNetResEncUNetMPlans]`` builds exactly
 the network nnU-Net plans for D, finds the weights ``voco_pretrain`` wrote for the same dataset, plans
-and configuration (or ``$nnUNet_voco_weights``; rules in :mod:`nnunet_voco.nnunet.weights_lookup`), checks
+and configuration (or ``$nnUNet_voco_weights``; rules in :mod:`nnunet_voco.finetune.weights_lookup`), checks
 that they fit, loads them loudly into the encoder at the start of a fresh training run, and trains
-with nnU-Net's recipe plus a learning-rate warm-up (:mod:`nnunet_voco.nnunet.finetune_schedule`).
+with nnU-Net's recipe plus a learning-rate warm-up (:mod:`nnunet_voco.finetune.lr_schedule`).
 
 Defaults and why:
     * ``voco_warmup_epochs = 20`` of 1000 (2%): linear warm-up of nnU-Net's SGD (lr 1e-2, momentum
@@ -29,8 +29,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_voco.checkpoint import unwrap_network
-from nnunet_voco.nnunet.finetune import load_voco_weights
-from nnunet_voco.nnunet.finetune_schedule import WarmupPolyLRScheduler
+from nnunet_voco.finetune.weights_loading import load_voco_weights
+from nnunet_voco.finetune.lr_schedule import WarmupPolyLRScheduler
 from nnunet_voco.trainers.training_budget import TrainingBudget
 
 __all__ = ["nnUNetTrainerVoCo", "nnUNetTrainerVoCoScratch"]

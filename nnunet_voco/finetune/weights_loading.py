@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from nnunet_voco.checkpoint import load_encoder, transfer_encoder
-from nnunet_voco.nnunet.weights_lookup import ENV_ALLOW_PARTIAL, WeightsChoice, check_compatibility, find_voco_weights
+from nnunet_voco.finetune.weights_lookup import ENV_ALLOW_PARTIAL, WeightsChoice, check_compatibility, find_voco_weights
 
 
 def find_trainer_weights(trainer, family: str = "cnn") -> WeightsChoice:
