@@ -19,8 +19,6 @@ Notes:
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,15 +28,14 @@ from nnunet_voco.voco.heads import ProjectionHead, pool_stage_features
 from nnunet_voco.voco.loss import VoCoLoss
 from nnunet_voco.voco.presets import get_preset
 
-if TYPE_CHECKING:  # the method knows the encoder contract only by its shape (no import outward)
-    from nnunet_voco.encoders.bundle import EncoderBundle
-
 
 class VoCoModel(nn.Module):
     """Student encoder and projector, EMA teacher, and the VoCo loss.
 
     Args:
-        bundle: the encoder (:class:`EncoderBundle`).
+        bundle: the encoder, an :class:`nnunet_voco.encoders.bundle.EncoderBundle`. The method uses it
+            by its shape only (``module``, ``embedding_dim``), so it imports
+            nothing from the encoder wing.
         preset: ``"v2"`` or ``"v1"``.
         loss: the :class:`VoCoLoss` (its preset must match).
         head_dim: hidden and output width of the projector (default: the preset's, 1024 / 2048).
@@ -50,7 +47,7 @@ class VoCoModel(nn.Module):
         ValueError: unknown preset or a loss of another preset.
     """
 
-    def __init__(self, bundle: "EncoderBundle", preset: str, loss: VoCoLoss, head_dim: int | None = None,
+    def __init__(self, bundle, preset: str, loss: VoCoLoss, head_dim: int | None = None,
                  embedding_dropout: float = 0.0, row_dropout: bool = False):
         super().__init__()
         spec = get_preset(preset)
