@@ -333,7 +333,7 @@ def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
         state = bundle.state_fn()
         write_encoder(written[0], state, meta)  # with the .json sidecar the trainers' lookup scans
         if meta.get("encoder_family") == "cnn":
-            from nnunet_voco.encoders.cnn import build_plans_network
+            from nnunet_voco.nnunet import build_plans_network
 
             pm, cm = first_source.plans_manager, first_source.configuration_manager
             n_out = pm.get_label_manager(first_source.dataset_json).num_segmentation_heads

@@ -41,7 +41,7 @@ def test_outputs_exist_and_load_safely(pretrained_toy):
 def test_pretrained_network_fits_nnunets_stock_loader(pretrained_toy):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
 
-    from nnunet_voco.encoders.cnn import build_plans_network
+    from nnunet_voco.nnunet import build_plans_network
     from nnunet_voco.nnunet import open_dataset
 
     env, folder = pretrained_toy

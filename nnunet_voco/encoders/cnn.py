@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from nnunet_voco.encoders.bundle import EncoderBundle
+from nnunet_voco.nnunet import build_plans_network
 
 KEY_TO_ENCODER = "encoder"
 
@@ -21,15 +22,6 @@ def _plain_kwargs(kwargs: dict) -> dict:
     from nnunet_voco.checkpoint import to_plain
 
     return to_plain(kwargs)
-
-
-def build_plans_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int = 2):
-    """The full segmentation network nnU-Net would build (deep supervision off)."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-    return nnUNetTrainer.build_network_architecture(
-        plans_manager, configuration_manager, num_input_channels, num_classes, False
-    )
 
 
 def total_strides(configuration_manager) -> tuple[int, int, int]:

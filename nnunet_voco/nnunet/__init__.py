@@ -200,3 +200,11 @@ def _plain(value):
         return [_plain(v) for v in value]
     return value
 
+
+def build_plans_network(plans_manager, configuration_manager, num_input_channels: int, num_classes: int = 2):
+    """The full segmentation network nnU-Net would build for these plans (deep supervision off)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    return nnUNetTrainer.build_network_architecture(
+        plans_manager, configuration_manager, num_input_channels, num_classes, False
+    )
