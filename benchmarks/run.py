@@ -6,8 +6,9 @@
 
 Sections (``--sections`` selects):
 
-* ``loss``: forward+backward of ``VoCoLoss`` against the loop reference of the tests
-  (``tests/reference/voco_reference.py``) on the same inputs; values must agree.
+* ``loss``: forward+backward of ``VoCoLoss`` against a reference with the official codes' structure
+  (``tests/reference/official_structure.py``: per-volume tensor operations, a Python double loop over
+  base pairs) on the same inputs, calls interleaved; values and gradients must agree.
 * ``sampling``: window sampling + augmentation per volume from nnU-Net blosc2 data (one worker,
   default v2 geometry) against a naive per-crop pipeline and the whole-case decompression time.
 * ``step``: one pre-training step with the real loader (default worker count) split into data
@@ -33,19 +34,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import data_pipeline, step_profile  # noqa: E402
-from benchmarks.loss_benchmark import benchmark_loss  # noqa: E402
+from benchmarks.loss_benchmark import benchmark_loss, loss_table  # noqa: E402
 
 SECTIONS = ("loss", "sampling", "step", "scaling")
 SETTINGS = {
-    "default": {"loss": {"sizes": ((2, 2, 16, 2048), (8, 4, 16, 2048), (16, 2, 9, 1024)), "repeats": 20,
-                         "reference_repeats": 3, "presets": ("v2", "v1")},
+    "default": {"loss": {"sizes": None, "repeats": 20, "reference_repeats": 3, "presets": ("v2", "v1")},
                 "sampling": {"volumes": 30, "reference_volumes": 6, "loader_batches": 10},
                 "step": {"crop_size": (8, 16, 16), "batch_size": 2, "steps": 5, "warmup": 2},
                 "scaling": {"base_counts": (4, 9, 16, 27), "crop_edges": (32, 48, 64), "width_divisor": 8,
                             "volumes": 1, "repeats": 2},
                 "scaling_cuda": {"base_counts": (4, 9, 16, 27), "crop_edges": (32, 48, 64), "width_divisor": 1,
                                  "volumes": 2, "repeats": 3}},
-    "quick": {"loss": {"sizes": ((2, 2, 16, 2048), (8, 4, 16, 2048)), "repeats": 5, "reference_repeats": 1,
+    "quick": {"loss": {"sizes": ((2, 2, 9, 1024), (16, 2, 9, 1024)), "repeats": 5, "reference_repeats": 1,
                        "presets": ("v2",)},
               "sampling": {"volumes": 12, "reference_volumes": 3, "loader_batches": 4},
               "step": {"crop_size": (8, 16, 16), "batch_size": 2, "steps": 2, "warmup": 1},
@@ -92,14 +92,6 @@ def run_scaling(device: str, s: dict) -> dict:
 # ============ markdown ============
 def _f(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def loss_table(rows: list[dict]) -> str:
-    lines = ["| preset | B | S | K | D | VoCoLoss ms | loop reference ms | speed-up | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['preset']} | {r['B']} | {r['S']} | {r['K']} | {r['D']} | {r['voco_ms']:.2f} | "
-              f"{r['reference_ms']:.1f} | {r['speedup']:.0f}x | {r['max_abs_diff']:.1e} |" for r in rows]
-    return "\n".join(lines)
 
 
 def sampling_table(r: dict) -> str:

@@ -9,7 +9,7 @@ import torch
 from nnunet_voco.voco.loss import VoCoLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.reference.voco_reference import reference_voco_loss  # noqa: E402
+from tests.reference.loop_reference import loop_reference_loss  # noqa: E402
 
 TERMS = ("loss", "pos", "neg", "reg", "inter")
 SHAPES = [(1, 2, 4, 16), (2, 2, 9, 32), (3, 4, 16, 64), (2, 1, 4, 8)]  # (B, S, K, D)
@@ -38,7 +38,7 @@ def test_matches_reference_values_and_gradients(preset: str, shape: tuple[int, i
     inputs = _random_inputs(shape, torch.float64)
     fast = VoCoLoss(preset)(*inputs)
     fast_grads = torch.autograd.grad(fast["loss"], inputs[:2])
-    ref = reference_voco_loss(*inputs, preset=preset)
+    ref = loop_reference_loss(*inputs, preset=preset)
     ref_grads = torch.autograd.grad(ref["loss"], inputs[:2])
     for name in TERMS:
         torch.testing.assert_close(fast[name], ref[name], atol=1e-5, rtol=1e-5, msg=name)
@@ -49,7 +49,7 @@ def test_matches_reference_values_and_gradients(preset: str, shape: tuple[int, i
 @pytest.mark.parametrize("preset", ["v1", "v2"])
 def test_matches_reference_float32(preset: str) -> None:
     inputs = _random_inputs((2, 2, 16, 256), torch.float32, seed=1)
-    fast, ref = VoCoLoss(preset)(*inputs), reference_voco_loss(*inputs, preset=preset)
+    fast, ref = VoCoLoss(preset)(*inputs), loop_reference_loss(*inputs, preset=preset)
     assert fast["loss"].dtype == torch.float32
     for name in TERMS:
         torch.testing.assert_close(fast[name], ref[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -1,63 +1,18 @@
-"""VoCo (Volume Contrast) loss: overlap prediction between target crops and base crops."""
+"""VoCo (Volume Contrast) loss: overlap prediction between target crops and base crops.
+
+Papers: VoCo, CVPR 2024 (arXiv:2402.17300) and its TPAMI extension (arXiv:2410.09890); the terms
+follow the official codes (VOCO_SPEC.md sections 1.5 and 2.4). Where we deviate from them (logits
+capped at 1 with ReLU's gradient, fp32 under autocast, no row dropout here, no Python loops) is
+listed in the Notes of :class:`VoCoLoss`.
+"""
 import torch
 
-PRESETS = ("v1", "v2")
+from nnunet_voco.voco.loss_terms import (clamped_norms, entry_weights, log_gap, pair_cosines, regularization_term,
+                                         shape_constants, straight_through_cap)
+from nnunet_voco.voco.loss_v2_function import V2LossFunction
+from nnunet_voco.voco.presets import PRESET_NAMES
 
-
-def _normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """L2-normalises the last axis, dividing by ``max(||x||, eps)``."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
-
-
-def _logits(targets: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
-    """ReLU-ed cosines of normalised embeddings per volume: (B,S,D), (B,K,D) -> (B,S,K)."""
-    # Values are capped at 1 (float32 cosines of near-identical embeddings round to >= 1, and
-    # log(1 - l + eps) must stay finite), but the gradient is ReLU's: a hard clamp would pass none
-    # for every rounded-up cosine, which is the near-collapsed state where a run needs it most.
-    relu = torch.bmm(targets, bases.transpose(1, 2)).relu()
-    return relu - (relu - relu.clamp_max(1.0)).detach()
-
-
-def _prediction_terms(
-    targets: torch.Tensor, logits: torch.Tensor, neg: str, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positive and negative prediction terms, each averaged over volumes.
-
-    Args:
-        targets: Overlaps or soft targets y in [0, 1]; entries equal to 0 define the negatives.
-        logits: Predicted similarities l in [0, 1], same shape as ``targets``.
-        neg: ``"square"`` for the mean of l^2 (v1 code) or ``"log"`` for the mean of -log(1 - l) (v2 code).
-        eps: Added inside the logarithms and to the denominators.
-
-    Returns:
-        ``(pos, neg)`` scalar tensors.
-
-    Shapes:
-        targets, logits: (B, S, K).
-    """
-    pos = -(targets * torch.log(1.0 - (targets - logits).abs() + eps)).sum((1, 2))
-    pos = pos / (targets.sum((1, 2)) + eps)
-    zeros = (targets == 0).to(logits.dtype)
-    per_entry = logits.square() if neg == "square" else -torch.log(1.0 - logits + eps)
-    negative = (zeros * per_entry).sum((1, 2)) / (zeros.sum((1, 2)) + eps)
-    return pos.mean(), negative.mean()
-
-
-def _regularization_term(normed: torch.Tensor) -> torch.Tensor:
-    """Mean squared positive cosine over base pairs i < j, with the gradient reaching base i only.
-
-    Args:
-        normed: L2-normalised student base-crop embeddings, shape (B, K, D).
-
-    Returns:
-        Scalar tensor, averaged over pairs and volumes (0 when K < 2).
-    """
-    # Stop-gradient on the second factor: for the pair (i, j) only row i receives gradient.
-    gram = torch.bmm(normed, normed.detach().transpose(1, 2))  # (B, K, K)
-    k = normed.shape[1]
-    upper = torch.ones(k, k, dtype=torch.bool, device=normed.device).triu(diagonal=1)
-    per_volume = gram.relu().square().masked_fill(~upper, 0.0).sum((1, 2)) / max(k * (k - 1) // 2, 1)
-    return per_volume.mean()
+PRESETS = tuple(sorted(PRESET_NAMES))  # ("v1", "v2"); the presets are declared in nnunet_voco.voco.presets
 
 
 class VoCoLoss(torch.nn.Module):
@@ -106,8 +61,9 @@ class VoCoLoss(torch.nn.Module):
         - Logit values are capped at 1 (the reference codes apply ReLU only); the cap changes only
           cosines rounded above 1, and it is straight-through: the gradient is ReLU's everywhere
           (a plain ``clamp(0, 1)`` blocks it for rounded-up cosines: with near-collapsed float32
-          embeddings 56-78 % of cosines round to >= 1 and a hard clamp kept 29-86 % of the float64
-          gradient norm). ``eps`` is added, not used as a clamp, as in the code.
+          embeddings 47-58 % of cosines round to >= 1 and a hard clamp kept 54-62 % of the float64
+          gradient norm, ``benchmarks/clamp_gradient.py``). ``eps`` is added, not used as a clamp, as
+          in the code.
         - All terms are computed in at least float32 with autocast disabled: half-precision inputs are
           cast up, float64 inputs are kept.
         - The v2 code applies Dropout1d to a 2-D matrix, which drops whole embeddings. That belongs to
@@ -116,6 +72,15 @@ class VoCoLoss(torch.nn.Module):
           give 0.25); an unsquared variant would give 0.5.
         - The teacher tensors are used as passed; the caller produces them without gradient. Only the
           inter-volume soft target is computed under ``no_grad`` here.
+        - Computation (same values as the per-volume formulas; the official codes loop over volumes
+          and base pairs in Python): cosines are Gram matrices divided by the row norms; v2's intra-
+          and inter-volume logits come from one matmul against ``[q^t_i, q^s_(i+1)]``; every
+          prediction term is one weighted sum over entries with weights built without gradient; the
+          per-shape masks and weights are cached per (K, B, weights, device, dtype). A call issues no
+          host synchronisation and no Python loop over volumes, crops or pairs.
+        - v2's gradient is written out (:class:`V2LossFunction`, one autograd node; at the official sizes the
+          cost of this loss is the count of small operations, not arithmetic); v1 uses autograd. The
+          overlaps receive no gradient in v2 (they are data), and v2 supports no double backward.
     """
 
     def __init__(
@@ -145,11 +110,11 @@ class VoCoLoss(torch.nn.Module):
         v2: ReLU(cos(student target, teacher base)); v1: their mean with ReLU(cos(teacher target,
         student base)). The held-out position monitor (:mod:`nnunet_voco.voco.monitor`) reads these.
         """
-        x_s, q_s, x_t, q_t = (_normalise(t.float()) for t in (student_targets, student_bases, teacher_targets,
-                                                               teacher_bases))
+        x_s, q_s, x_t, q_t = (t.float() for t in (student_targets, student_bases, teacher_targets, teacher_bases))
+        n_xs, n_qs, n_xt, n_qt = (clamped_norms(t) for t in (x_s, q_s, x_t, q_t))
         if self.preset == "v1":
-            return 0.5 * (_logits(x_s, q_t) + _logits(x_t, q_s))
-        return _logits(x_s, q_t)
+            return 0.5 * (straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt)) + straight_through_cap(pair_cosines(x_t, q_s, n_xt, n_qs)))
+        return straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt))
 
     def forward(
         self,
@@ -184,46 +149,49 @@ class VoCoLoss(torch.nn.Module):
         inputs = (student_targets, student_bases, teacher_targets, teacher_bases, overlaps)
         # Half-precision cosines and logs near 1 lose the signal, so compute in >= float32.
         x_s, q_s, x_t, q_t, y = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in inputs)
+        weights = (self.pos_weight, self.neg_weight, self.reg_weight, self.inter_weight)
+        pairs, off_diagonal, term_weights = shape_constants(q_s.shape[1], q_s.shape[0], weights, x_s.device, x_s.dtype)
         with torch.autocast(device_type=x_s.device.type, enabled=False):
-            x_s, q_s, x_t, q_t = (_normalise(t) for t in (x_s, q_s, x_t, q_t))
-            zero = torch.zeros((), dtype=x_s.dtype, device=x_s.device)
             if self.preset == "v1":
-                logits = 0.5 * (_logits(x_s, q_t) + _logits(x_t, q_s))  # (B, S, K)
-                pos, neg = _prediction_terms(y, logits, "square", self.eps)
-                inter = zero
+                out, logits, gram, n_xs, n_qs = self._v1_terms(x_s, q_s, x_t, q_t, y, pairs)
             else:
-                logits = _logits(x_s, q_t)  # (B, S, K)
-                pos, neg = _prediction_terms(y, logits, "log", self.eps)
-                q_s_next, q_t_next = q_s.roll(-1, dims=0), q_t.roll(-1, dims=0)  # volume (i + 1) mod B
-                with torch.no_grad():
-                    soft = _logits(x_t, q_t_next)
-                inter_pos, inter_neg = _prediction_terms(soft, _logits(x_s, q_s_next), "log", self.eps)
-                inter = inter_pos + inter_neg
-            reg = _regularization_term(q_s)
-            loss = self.pos_weight * pos + self.neg_weight * neg + self.reg_weight * reg
-            if self.preset == "v2":
-                loss = loss + self.inter_weight * inter
-            out = {"loss": loss, "pos": pos, "neg": neg, "reg": reg, "inter": inter}
-            out.update(_statistics(logits.detach(), y, x_s.detach(), q_s.detach()))
+                loss, terms, reg, logits, gram, n_xs, n_qs = V2LossFunction.apply(x_s, q_s, x_t, q_t, y, term_weights, pairs,
+                                                                         self.reg_weight, self.eps)
+                out = {"loss": loss, "pos": terms[0, 0], "neg": terms[1, 0], "reg": reg, "inter": terms[:, 1].sum()}
+            out.update(_statistics(logits.detach(), y, x_s, q_s, n_xs, n_qs, gram.detach(), off_diagonal))
         return out
+
+    def _v1_terms(self, x_s: torch.Tensor, q_s: torch.Tensor, x_t: torch.Tensor, q_t: torch.Tensor,
+                  y: torch.Tensor, pairs: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, ...]:
+        """v1 terms (symmetrised logits, l^2 negatives, regulariser) by autograd; also returns the
+        intra-volume logits (B, S, K), the base cosines (B, K, K) and the student row norms."""
+        n_xs, n_qs, n_xt, n_qt = (clamped_norms(t) for t in (x_s, q_s, x_t, q_t))
+        logits = 0.5 * (straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt)) + straight_through_cap(pair_cosines(x_t, q_s, n_xt, n_qs)))
+        entry = entry_weights(y, (1, 2), self.eps)  # (2, B, S, K)
+        pos = (log_gap(y, logits, self.eps) * entry[0].neg_()).sum()
+        neg = (logits.square() * entry[1]).sum()
+        reg, gram = regularization_term(q_s, n_qs, pairs)
+        loss = self.pos_weight * pos + self.neg_weight * neg + self.reg_weight * reg
+        out = {"loss": loss, "pos": pos, "neg": neg, "reg": reg, "inter": torch.zeros_like(pos)}
+        return out, logits, gram, n_xs, n_qs
 
 
 @torch.no_grad()
-def _statistics(
-    logits: torch.Tensor, overlaps: torch.Tensor, targets: torch.Tensor, bases: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Collapse indicators from logits, overlaps and normalised student embeddings."""
-    on = (overlaps > 0).to(logits.dtype)
-    off = 1.0 - on
-    gram = torch.bmm(bases, bases.transpose(1, 2))  # (B, K, K)
-    k = bases.shape[1]
-    off_diagonal = gram.sum((1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(1)
-    embeddings = torch.cat([targets.flatten(0, 1), bases.flatten(0, 1)])  # (B*(S+K), D)
+def _statistics(logits: torch.Tensor, overlaps: torch.Tensor, targets: torch.Tensor, bases: torch.Tensor,
+                target_norms: torch.Tensor, base_norms: torch.Tensor, gram: torch.Tensor, off_diagonal: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+    """Collapse indicators from logits, overlaps, student embeddings with their norms, and base cosines."""
+    masks = torch.stack([overlaps > 0, overlaps == 0]).to(logits.dtype)  # (2, B, S, K)
+    # clamp_min(1) gives 0 instead of nan when a set is empty, without a host sync.
+    means = (masks * logits).sum((1, 2, 3)) / masks.sum((1, 2, 3)).clamp_min(1.0)
+    rows = torch.cat([targets, bases], dim=1) / torch.cat([target_norms, base_norms], dim=1).unsqueeze(2)
+    rows = rows.flatten(0, 1)  # (B*(S+K), D), normalised
+    # Two-pass population std over rows (torch.std over dim 0 costs about 6x as much here).
+    spread = (rows - rows.mean(0)).square().mean(0).sqrt()
     return {
-        # clamp_min(1) gives 0 instead of nan when a set is empty, without a host sync.
-        "logit_overlap_mean": (logits * on).sum() / on.sum().clamp_min(1.0),
-        "logit_zero_mean": (logits * off).sum() / off.sum().clamp_min(1.0),
-        "base_similarity_mean": (off_diagonal / max(k * (k - 1), 1)).mean(),
+        "logit_overlap_mean": means[0],
+        "logit_zero_mean": means[1],
+        "base_similarity_mean": (gram * off_diagonal).sum(),
         # SimSiam's indicator: about 1/sqrt(D) for spread embeddings, 0 when collapsed.
-        "embedding_std": embeddings.std(dim=0, correction=0).mean(),
+        "embedding_std": spread.mean(),
     }

@@ -1,7 +1,9 @@
-"""Slow loop reference for the VoCo loss, written from the formulas in VOCO_SPEC.md (1.5, 2.4).
+"""Entry-by-entry loop reference for the VoCo loss, written from the formulas in VOCO_SPEC.md (1.5, 2.4).
 
 One volume, one target crop, one base crop and one base pair at a time, exactly as the equations
-read. ``nnunet_voco.voco.loss.VoCoLoss`` must match it in values and gradients. Logits are ReLU-ed
+read: a test oracle, not a speed reference (it is several times slower than the official codes,
+which use tensor operations inside a volume; ``official_structure.py`` follows their structure).
+``nnunet_voco.voco.loss.VoCoLoss`` must match it in values and gradients. Logits are ReLU-ed
 cosines clamped at 1, as in ``VoCoLoss`` (the clamp only removes rounding above 1).
 """
 import torch
@@ -41,7 +43,7 @@ def _volume_regularizer(bases: torch.Tensor) -> torch.Tensor:
     return total / max(pairs, 1)
 
 
-def reference_voco_loss(
+def loop_reference_loss(
     student_targets: torch.Tensor,
     student_bases: torch.Tensor,
     teacher_targets: torch.Tensor,
@@ -54,7 +56,7 @@ def reference_voco_loss(
     inter_weight: float = 1.0,
     eps: float = 1e-6,
 ) -> dict[str, torch.Tensor]:
-    """Loop implementation of the VoCo loss terms.
+    """The VoCo loss terms, one entry and one base pair at a time.
 
     Args:
         student_targets: (B, S, D) student target-crop embeddings.
