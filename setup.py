@@ -9,7 +9,7 @@ nnU-Net finds external trainers through the ``nnUNet_extTrainer`` variable (nnU-
 regular install places ``nnunet_voco.pth`` plus the hook module ``_nnunet_voco_autoload`` in
 site-packages; the hook appends our shim folder to that variable at interpreter start. Editable
 installs (PEP 660) skip ``data_files``, so every ``voco_*`` command installs the same ``.pth`` file
-on first use (see ``nnunet_voco.discovery``).
+on first use (see ``nnunet_voco.trainers.discovery``).
 """
 import os
 import sysconfig
