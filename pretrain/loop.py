@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from nnunet_voco.artifacts import run_folder
 from nnunet_voco.nnunet import open_datasets
-from nnunet_voco.pretrain import outputs
+from nnunet_voco.pretrain import outputs, run_state
 from nnunet_voco.pretrain.distributed import StopRequest, autocast, init_context
 from nnunet_voco.pretrain.run_setup import RunSetup, resolve_run, small_case_warning
 from nnunet_voco.voco.augment import augment_crops
@@ -155,7 +155,7 @@ def _log_window(setup: RunSetup, config, state: _LoopState, bar, folder: str, lo
     window, step = state.window, state.step
     good = [w for w in window if bool(w["finite"])]
     state.bad_streak = account_nonfinite([bool(w["finite"]) for w in window], step, state.bad_streak, config, log,
-                                         os.path.join(folder, outputs.LATEST))
+                                         os.path.join(folder, run_state.LATEST))
     state.window = []
     if not good:
         return
@@ -210,7 +210,7 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
         if monitor is not None and (step % config.val_every == 0 or step == config.num_steps):
             _held_out_evaluation(setup, monitor, state, guard, log)
         if step % config.save_every == 0 and step < config.num_steps and ctx.is_main:
-            _save(setup, config, step, os.path.join(folder, outputs.LATEST))
+            _save(setup, config, step, os.path.join(folder, run_state.LATEST))
             outputs.write_progress(folder, state.history)
     bar.close()
 
@@ -218,11 +218,11 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
 def _save(setup: RunSetup, config, step: int, path: str, meta: dict | None = None) -> None:
     meta = meta if meta is not None else outputs.encoder_meta(setup.bundle.meta, setup.sources, config, setup.layout,
                                                               step)
-    outputs.save_state(path, step, setup.model, setup.optimizer, setup.scaler, config, meta)
+    run_state.save_state(path, step, setup.model, setup.optimizer, setup.scaler, config, meta)
 
 
 def _save_interrupted(setup: RunSetup, config, step: int, folder: str, stop: StopRequest, log) -> None:
-    latest = os.path.join(folder, outputs.LATEST)
+    latest = os.path.join(folder, run_state.LATEST)
     if setup.ctx.is_main:
         _save(setup, config, step, latest)
     argv = sys.argv[1:] if sys.argv else []
@@ -234,8 +234,8 @@ def _save_interrupted(setup: RunSetup, config, step: int, folder: str, stop: Sto
 def _export(setup: RunSetup, config, state: _LoopState, guard: LearningGuard, folder: str, log) -> None:
     """Final and latest states, the encoder files, the progress plot and the closing lines (rank 0)."""
     meta = outputs.encoder_meta(setup.bundle.meta, setup.sources, config, setup.layout, state.step)
-    _save(setup, config, state.step, os.path.join(folder, outputs.FINAL), meta)
-    _save(setup, config, state.step, os.path.join(folder, outputs.LATEST), meta)
+    _save(setup, config, state.step, os.path.join(folder, run_state.FINAL), meta)
+    _save(setup, config, state.step, os.path.join(folder, run_state.LATEST), meta)
     written = outputs.export_final(folder, setup.bundle, meta, setup.sources[0])
     outputs.write_progress(folder, state.history)
     t = state.timings
@@ -260,13 +260,13 @@ def run_pretraining(config) -> str:
         log(f"VoCo: warning: {folder_lock.stale}")
 
     # ============ resume ============
-    step, trained = (outputs.load_state(resume_from, setup.model, setup.optimizer, setup.scaler, config)
+    step, trained = (run_state.load_state(resume_from, setup.model, setup.optimizer, setup.scaler, config)
                      if resume_from else (0, None))
     if resume_from and ctx.distributed:  # the state holds rank 0's RNG: give every rank its own stream again
         torch.manual_seed(int(np.random.SeedSequence([config.seed, ctx.rank, step]).generate_state(1)[0]))
     history = log.truncate_metrics(step if step else -1)  # also drops rows of a run that died before a checkpoint
     train_model = setup.training_model()
-    config, schedule = outputs.resume_schedule(config, trained, resume_from, step, setup.warmup_steps, log)
+    config, schedule = run_state.resume_schedule(config, trained, resume_from, step, setup.warmup_steps, log)
 
     # ============ data, monitor, start lines ============
     monitor, guard = setup.held_out_windows(), LearningGuard(log)

@@ -24,7 +24,7 @@ from conftest import TOY_ID, TOY_NAME, nnunet_env
 from nnunet_voco.checkpoint import load_file
 from nnunet_voco.nnunet.loader import VoCoStream
 from nnunet_voco.nnunet import open_datasets
-from nnunet_voco.pretrain.outputs import LATEST
+from nnunet_voco.pretrain.run_state import LATEST
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 
 FAST = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--head_dim", "64", "--log_every", "1",

@@ -24,7 +24,7 @@ from nnunet_voco.storage import folder_lock
 from nnunet_voco.pool import input_checks
 from nnunet_voco.checkpoint import load_file, save_atomic
 from nnunet_voco.storage.disk_errors import EXIT_CODE, DiskWriteError
-from nnunet_voco.pretrain import outputs
+from nnunet_voco.pretrain import outputs, run_state
 from nnunet_voco.pretrain.config import PretrainConfig
 from nnunet_voco.pretrain.run_schedule import RunSchedule
 from nnunet_voco.voco.schedule import lr_at
@@ -101,7 +101,7 @@ def _small_state():
 def _write_checkpoint(folder, version):
     model, optimizer = _small_state()
     config = PretrainConfig(datasets=("1",), num_steps=10 + version)
-    outputs.save_state(os.path.join(folder, outputs.LATEST), version, model, optimizer, None, config, {})
+    run_state.save_state(os.path.join(folder, run_state.LATEST), version, model, optimizer, None, config, {})
 
 
 def _write_encoder(folder, version):
@@ -184,9 +184,9 @@ def test_checkpoint_on_a_full_disk_names_the_step_and_what_survived(tmpfs):
     _write_checkpoint(disk.path, 1)
     disk.fill(keep=2048)
     model, optimizer = _small_state()
-    path = os.path.join(disk.path, outputs.LATEST)
+    path = os.path.join(disk.path, run_state.LATEST)
     with pytest.raises(DiskWriteError) as info:
-        outputs.save_state(path, 2, model, optimizer, None, PretrainConfig(datasets=("1",)), {})
+        run_state.save_state(path, 2, model, optimizer, None, PretrainConfig(datasets=("1",)), {})
     assert str(info.value) == (f"cannot write {path} at step 2 (No space left on device); the previous file is "
                                f"intact; free space on that disk (or pass -o elsewhere) and resume with --c")
     assert load_file(path)["step"] == 1
@@ -203,7 +203,7 @@ def run_bytes(planned_toy, tmp_path_factory) -> tuple[int, int]:
     assert run.returncode == 0, run.stderr[-3000:]
     small = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)
                 if f.endswith((".json", ".jsonl", ".txt", ".png")))
-    return os.path.getsize(os.path.join(out, outputs.LATEST)), small
+    return os.path.getsize(os.path.join(out, run_state.LATEST)), small
 
 
 @pytest.mark.slow
@@ -217,7 +217,7 @@ def test_voco_pretrain_on_a_full_disk_exits_3_with_one_line_and_keeps_the_checkp
     assert "Traceback" not in run.stderr and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith(f"voco_pretrain: error: cannot write {out}/checkpoint_latest.pth at step 4 (No space "
                                  f"left on device); the previous file is intact"), run.stderr
-    assert load_file(os.path.join(out, outputs.LATEST))["step"] == 2
+    assert load_file(os.path.join(out, run_state.LATEST))["step"] == 2
     assert _temp_files(out) == [] and not os.path.exists(os.path.join(out, outputs.LOCK_FILE))
 
 
@@ -471,16 +471,16 @@ def _config(**kw):
 
 def test_resume_schedule_logs_a_change_keeps_a_kept_one_and_refuses_going_back():
     logged = []
-    base, _ = outputs.resume_schedule(_config(), None, None, 0, 2, logged.append)
+    base, _ = run_state.resume_schedule(_config(), None, None, 0, 2, logged.append)
     assert base.schedule == RunSchedule(1e-4, 1e-6, 2, 8, 0.9).to_dict() and not logged
-    extended, schedule = outputs.resume_schedule(_config(num_steps=12), base.to_dict(), "ck.pth", 4, 0, logged.append)
+    extended, schedule = run_state.resume_schedule(_config(num_steps=12), base.to_dict(), "ck.pth", 4, 0, logged.append)
     assert logged == [f"VoCo: --num_steps changed from 8 to 12 on resume at step 4: the schedule is redefined from "
                       f"step 4: the learning rate continues from {lr_at(4, 1e-4, 2, 8, 1e-6):.4g} and follows a half "
                       f"cosine to --min_lr 1e-06 at step 12"]
-    again, same = outputs.resume_schedule(_config(num_steps=12), extended.to_dict(), "ck.pth", 6, 0, logged.append)
+    again, same = run_state.resume_schedule(_config(num_steps=12), extended.to_dict(), "ck.pth", 6, 0, logged.append)
     assert same == schedule and len(logged) == 1  # the redefined schedule is kept, silently: nothing changed
     with pytest.raises(ValueError, match=r"ck.pth is at step 6, beyond --num_steps 5; pass --num_steps 12"):
-        outputs.resume_schedule(_config(num_steps=5), extended.to_dict(), "ck.pth", 6, 0, logged.append)
+        run_state.resume_schedule(_config(num_steps=5), extended.to_dict(), "ck.pth", 6, 0, logged.append)
 
 
 @pytest.mark.slow
@@ -490,10 +490,10 @@ def test_resume_with_more_steps_continues_the_learning_rate_curve(planned_toy, t
             "--log_every", "1"] + FAST
     first = _command(argv + ["--num_steps", "8"], planned_toy)
     assert first.returncode == 0, first.stderr[-2000:]
-    state = torch.load(out / outputs.LATEST, weights_only=True)  # make it the state of step 4 of 8
+    state = torch.load(out / run_state.LATEST, weights_only=True)  # make it the state of step 4 of 8
     state["step"] = 4
-    torch.save(state, out / outputs.LATEST)
-    os.remove(out / outputs.FINAL)
+    torch.save(state, out / run_state.LATEST)
+    os.remove(out / run_state.FINAL)
     refused = subprocess.run(argv + ["--num_steps", "12", "--c", "--lr", "2e-4"], env=planned_toy,
                              capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert refused.returncode == 2 and "trained with --lr 0.0001 but this run has --lr 0.0002" in refused.stderr
@@ -508,4 +508,4 @@ def test_resume_with_more_steps_continues_the_learning_rate_curve(planned_toy, t
     assert [r["lr"] for r in rows[4:]] == pytest.approx([expected.lr_at(r["step"] - 1) for r in rows[4:]])
     assert rows[4]["lr"] == pytest.approx(lr_at(4, 1e-4, 2, 8, 1e-6))  # no jump at the resume step
     assert expected.lr_at(12) == pytest.approx(1e-6) and rows[-1]["lr"] < rows[4]["lr"] / 10  # ends at min_lr
-    assert load_file(str(out / outputs.FINAL))["config"]["schedule"]["restart_step"] == 4
+    assert load_file(str(out / run_state.FINAL))["config"]["schedule"]["restart_step"] == 4

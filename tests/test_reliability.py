@@ -26,7 +26,7 @@ import torch
 from conftest import TOY_ID, TOY_NAME, nnunet_env
 from nnunet_voco.checkpoint import STATE_FORMAT, CheckpointError, load_file
 from nnunet_voco.pretrain import cli
-from nnunet_voco.pretrain.outputs import LATEST
+from nnunet_voco.pretrain.run_state import LATEST
 from nnunet_voco.voco.sampling import read_window, window_origin
 from nnunet_voco.voco.schedule import lr_at
 
@@ -109,7 +109,7 @@ def test_resume_restores_weights_teacher_optimizer_and_rng_exactly(use_env, tmp_
     from nnunet_voco.voco.model import VoCoModel
     from nnunet_voco.nnunet import open_datasets
     from nnunet_voco.pretrain.config import PretrainConfig
-    from nnunet_voco.pretrain.outputs import load_state, save_state
+    from nnunet_voco.pretrain.run_state import load_state, save_state
 
     source = open_datasets([str(TOY_ID)], "nnUNetPlans", "3d_fullres")[0]
     config = PretrainConfig(datasets=(str(TOY_ID),), preset="v1", crop_size=(8, 16, 16), head_dim=64)
