@@ -11,11 +11,22 @@ pytestmark = pytest.mark.slow
 TR = "nnUNetTrainerVoCo_smoke"
 
 
+def _in_process_env(env, monkeypatch):
+    """This process as ``nnUNetv2_train`` would see it: the env's folders, and the trainer shim on
+    ``nnUNet_extTrainer`` (in a venv made just before pytest started, the start-up hook that sets it
+    is installed by the first ``voco_*`` command, which may run after this process started)."""
+    from nnunet_voco.trainers.discovery import register_in_environment
+
+    monkeypatch.setenv("nnUNet_extTrainer", os.environ.get("nnUNet_extTrainer", ""))  # restored afterwards
+    register_in_environment()
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(k, env[k])
+
+
 def _trainer(env, monkeypatch, name=TR, fold=0):
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        monkeypatch.setenv(k, env[k])
+    _in_process_env(env, monkeypatch)
     trainer = get_trainer_from_args(str(TOY_ID), "3d_fullres", fold, name, device=torch.device("cpu"))
     trainer.initialize()
     return trainer
@@ -111,3 +122,39 @@ def test_missing_weights_print_the_command(pretrained_toy, monkeypatch, tmp_path
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"run `voco_pretrain -d {TOY_ID} -c 3d_fullres`"):
         load_voco_weights(trainer)
+
+
+_FILE_EVENTS = {"open", "os.listdir", "os.scandir"}
+_seen_paths: list[str] | None = None  # filled by the audit hook while a test records
+
+
+def _record_file_access(event, args):
+    if _seen_paths is not None and event in _FILE_EVENTS and args and isinstance(args[0], (str, bytes, os.PathLike)):
+        _seen_paths.append(os.fsdecode(args[0]))
+
+
+def test_swin_trainer_init_touches_no_weights_file_and_initialize_looks_up_once(pretrained_toy, monkeypatch):
+    """Real file access, seen by a CPython audit hook: ``__init__`` opens nothing under the weights'
+    folder; ``initialize()`` then reads the weights' metadata (which shows the hook sees the lookup)."""
+    import sys
+
+    from nnunetv2.run.run_training import get_trainer_from_args
+
+    global _seen_paths
+    env, voco_folder = pretrained_toy
+    _in_process_env(env, monkeypatch)
+    monkeypatch.setenv("nnUNet_voco_weights", os.path.join(voco_folder, "voco_encoder.pth"))
+    sys.addaudithook(_record_file_access)  # cannot be removed; records only while _seen_paths is a list
+    try:
+        _seen_paths = []
+        trainer = get_trainer_from_args(str(TOY_ID), "3d_fullres", 0, "nnUNetTrainerVoCoSwin_smoke",
+                                        device=torch.device("cpu"))
+        in_init = [p for p in _seen_paths if os.path.abspath(p).startswith(voco_folder)]
+        _seen_paths = []
+        trainer.initialize()
+        in_initialize = [p for p in _seen_paths if os.path.abspath(p).startswith(voco_folder)]
+    finally:
+        _seen_paths = None
+    assert in_init == []
+    assert in_initialize, "the hook saw no access to the weights: the check above would be empty"
+    assert trainer.voco_weights.path == os.path.join(voco_folder, "voco_encoder.pth")
