@@ -72,14 +72,14 @@ def main() -> None:
     from nnunet_voco.encoders import build_encoder
     from nnunet_voco.nnunet import open_datasets
     from nnunet_voco.pretrain.config import PretrainConfig
-    from nnunet_voco.pretrain.run_setup import case_shapes, resolve_layout
+    from nnunet_voco.pretrain.run_setup import case_shapes, median_case_shape, resolve_layout
 
     config = PretrainConfig(datasets=tuple(args.d), plans=args.p, configuration=args.c)
     sources = open_datasets(config.datasets, config.plans, config.configuration)
     cm = sources[0].configuration_manager
     bundle = build_encoder("plans", sources[0].plans_manager, cm, sources[0].num_input_channels)
     shapes = case_shapes(sources)
-    median = tuple(int(v) for v in np.median([s for _, s in shapes], axis=0))
+    median = median_case_shape(shapes)
     new, rule = resolve_layout(config, cm, bundle, median)
     old = _old_layout(cm.patch_size, cm.spacing)
     print(f"{', '.join(s.name for s in sources)} ({args.p} {args.c}): {len(shapes)} cases, median {median}, "

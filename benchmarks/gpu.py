@@ -99,7 +99,7 @@ def measure_throughput(pipe: step_profile.Pipeline, steps: int, warmup: int, syn
             if i >= warmup:
                 data_s += time.perf_counter() - t0
             stats = train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype,
-                               pipe.config, pipe.augment if pipe.on_device_aug else None, pipe.generator, pipe.inplane)
+                               pipe.config, pipe.device_augment, pipe.generator, pipe.inplane)
             pipe.model.update_teacher(pipe.config.ema_momentum)
             flags.append(bool(stats["finite"]) if sync_every_step else stats["finite"])
         if device.type == "cuda":

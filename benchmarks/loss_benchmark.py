@@ -11,13 +11,13 @@ Run as ``python benchmarks/loss_benchmark.py`` (1 torch thread unless ``--thread
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.peak_memory import wall_ms  # noqa: E402
 from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
 from tests.reference.official_structure import official_structure_loss  # noqa: E402
 
@@ -40,17 +40,6 @@ def _inputs(size: tuple[int, int, int, int], device: str, seed: int) -> list[tor
             q_t.to(device), overlaps.to(device)]
 
 
-def _timed_ms(step: Callable[[], None], device: str) -> float:
-    """Wall time of one call of ``step`` in milliseconds (synchronised on CUDA)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    step()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) * 1e3
-
-
 def _interleaved_ms(fast: Callable[[], None], reference: Callable[[], None], device: str, repeats: int,
                     reference_repeats: int, warmup: int) -> tuple[float, float]:
     """Median times of ``fast`` and ``reference``; reference calls are spread evenly among the fast ones."""
@@ -61,9 +50,9 @@ def _interleaved_ms(fast: Callable[[], None], reference: Callable[[], None], dev
     fast_ms, reference_ms = [], []
     for i in range(max(repeats, reference_repeats)):
         if i < repeats:
-            fast_ms.append(_timed_ms(fast, device))
+            fast_ms.append(wall_ms(fast, device))
         if i % every == 0 and len(reference_ms) < reference_repeats:
-            reference_ms.append(_timed_ms(reference, device))
+            reference_ms.append(wall_ms(reference, device))
     return statistics.median(fast_ms), statistics.median(reference_ms)
 
 

@@ -1,14 +1,16 @@
-"""Peak memory of a block of code: CUDA allocator peak, or the peak resident set on Linux CPUs.
+"""Peak memory of a block of code: CUDA allocator peak, or the peak resident set on Linux CPUs; wall time of a call.
 
 On CUDA ``torch.cuda.max_memory_allocated`` above the level before the block. On Linux CPUs the
 peak resident set above the level before it: ``/proc/self/clear_refs`` resets the peak (VmHWM),
 and glibc is told to return large freed blocks to the system so that the resident set follows
-live memory. Used by ``benchmarks/step_profile.py`` (``scaling``).
+live memory. Used by ``benchmarks/step_profile.py`` (``scaling``); :func:`wall_ms` also by
+``benchmarks/loss_benchmark.py``.
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import time
 
 import torch
 
@@ -63,3 +65,15 @@ def peak_memory(device: torch.device):
         if usable:
             result[0] = (_status_kib("VmHWM") - before) / 1024
             libc.mallopt(-3, 32 * 2**20)  # back to glibc's largest dynamic threshold
+
+
+def wall_ms(fn, device) -> float:
+    """Wall time of one call of ``fn`` in milliseconds (synchronised on CUDA); ``device``: torch device or string."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e3 * (time.perf_counter() - start)

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.peak_memory import peak_memory  # noqa: E402
+from benchmarks.peak_memory import peak_memory, wall_ms  # noqa: E402
 from nnunet_voco.voco import geometry  # noqa: E402
 from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
-from nnunet_voco.pretrain.run_setup import RunSetup, default_num_workers, resolve_run  # noqa: E402, F401
+from nnunet_voco.pretrain.run_setup import RunSetup, resolve_run  # noqa: E402
 
 PHASES = ("data", "input", "forward", "backward", "optimizer", "ema")
 BASE_GRIDS = {4: (1, 2, 2), 9: (1, 3, 3), 16: (1, 4, 4), 27: (3, 3, 3)}
@@ -61,8 +61,7 @@ class Pipeline:
     layout = property(lambda self: self.setup.layout)
     batch_size = property(lambda self: self.setup.batch_size)
     num_workers = property(lambda self: self.setup.num_workers)
-    augment = property(lambda self: self.setup.augment)
-    on_device_aug = property(lambda self: self.setup.on_device_aug)
+    device_augment = property(lambda self: self.setup.device_augment)
     inplane = property(lambda self: self.setup.inplane)
     amp_dtype = property(lambda self: self.setup.amp_dtype)
 
@@ -140,8 +139,7 @@ def profile_steps(pipe: Pipeline, steps: int = 5, warmup: int = 2) -> dict:
                 batch = next(iterator)
                 clock.mark("input")
                 stats = train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype,
-                                   pipe.config, pipe.augment if pipe.on_device_aug else None, pipe.generator,
-                                   pipe.inplane)
+                                   pipe.config, pipe.device_augment, pipe.generator, pipe.inplane)
                 clock.mark("ema")
                 pipe.model.update_teacher(pipe.config.ema_momentum)
                 clock.mark("end")
@@ -182,16 +180,6 @@ def synthetic_batch(layout, batch_size: int, channels: int, seed: int = 0) -> di
 def _encoder_pass(encoder: torch.nn.Module, crops: torch.Tensor) -> None:
     encoder.zero_grad(set_to_none=True)
     pool_stage_features(encoder(crops)).mean().backward()
-
-
-def _wall_ms(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 1e3 * (time.perf_counter() - start)
 
 
 def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64), base_crop_edge: int | None = None,
@@ -238,8 +226,8 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
             _encoder_pass(pipe.model.encoder, crops)
         step_ms, enc_ms = [], []
         for _ in range(repeats):
-            step_ms.append(_wall_ms(lambda: step(batch), device))
-            enc_ms.append(_wall_ms(lambda: _encoder_pass(pipe.model.encoder, crops), device))
+            step_ms.append(wall_ms(lambda: step(batch), device))
+            enc_ms.append(wall_ms(lambda: _encoder_pass(pipe.model.encoder, crops), device))
         pipe.model.encoder.zero_grad(set_to_none=True)
         step_med, enc_med = statistics.median(step_ms), statistics.median(enc_ms)
         rows.append({"sweep": sweep, "bases": k, "crop": edge, "crops": int(crops.shape[0]), "step_ms": step_med,

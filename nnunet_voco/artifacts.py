@@ -20,8 +20,9 @@ from typing import Any, Mapping
 
 import torch
 
-from nnunet_voco.checkpoint import encoder_file_content, load_encoder, write_files_atomic
+from nnunet_voco.checkpoint import encoder_file_content, load_encoder
 from nnunet_voco.nnunet import results_root
+from nnunet_voco.storage.atomic_files import write_files_atomic
 
 ENCODER_FILE = "voco_encoder.pth"
 ENCODER_META_FILE = "voco_encoder.json"

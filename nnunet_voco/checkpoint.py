@@ -7,25 +7,22 @@ Files (see DESIGN.md section 5):
       Where it lives and its ``.json`` sidecar are the artifact contract of :mod:`nnunet_voco.artifacts`.
     * ``checkpoint_latest.pth`` / ``checkpoint_final.pth``: the full resumable pre-training state.
 
-Every file is written to a temporary name in the same folder, flushed, fsynced and moved into place
-with ``os.replace`` (several files together: all written first, then all moved), so a crash (or a
-full disk) never leaves a truncated file under the final name; a full, read-only or vanished disk
-raises :class:`~nnunet_voco.storage.disk_errors.DiskWriteError`.
+Every file is written atomically by :mod:`nnunet_voco.storage.atomic_files` (temporary name, fsync,
+``os.replace``), so a crash (or a full disk) never leaves a truncated file under the final name; a
+full, read-only or vanished disk raises :class:`~nnunet_voco.storage.disk_errors.DiskWriteError`.
 Every file is read with ``torch.load(weights_only=True)``: a checkpoint from the internet can carry a
 pickled object that executes code, and that is refused.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import tempfile
-from typing import IO, Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from nnunet_voco.storage.disk_errors import disk_write_error, remove_quietly
+from nnunet_voco.storage.atomic_files import write_files_atomic
 
 SCHEMA_VERSION = 1
 ENCODER_FORMAT = "nnunet_voco.encoder"
@@ -62,57 +59,7 @@ def save_atomic(obj: Any, path: str) -> None:
     Raises:
         DiskWriteError: the disk is full, read-only, over quota or gone (one line naming ``path``).
     """
-    _write_atomic(path, "wb", lambda f: torch.save(obj, f))
-
-
-def write_json_atomic(path: str, content: Any) -> None:
-    """Write ``content`` as indented JSON to ``path`` atomically (same guarantees as :func:`save_atomic`)."""
-    _write_atomic(path, "w", lambda f: json.dump(content, f, indent=2))
-
-
-def write_files_atomic(files: Sequence[tuple[str, str, Callable[[IO], None]]]) -> None:
-    """Write several files as one step: every file is complete under its final name, or untouched.
-
-    Each ``(path, mode, write)`` is written by ``write(file_object)`` to a temporary file in the
-    destination folder, flushed and fsynced. Only when all of them are on disk are they moved into
-    place with ``os.replace``, in the order given (so a reader that looks for the last file finds the
-    earlier ones complete). An error while writing (a full disk) removes every temporary file and
-    replaces nothing; only a failure between two renames in the same folder could leave the earlier
-    files new and the later ones old.
-
-    Raises:
-        DiskWriteError: the disk is full, read-only, over quota or gone (one line naming the file
-            being written).
-    """
-    staged: list[tuple[str, str]] = []  # (temporary file, final path)
-    current = files[0][0] if files else ""
-    try:
-        for path, mode, write in files:
-            current = path
-            folder = os.path.dirname(os.path.abspath(path))
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-            staged.append((tmp, path))
-            with os.fdopen(fd, mode) as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary shared files
-        while staged:
-            tmp, current = staged[0]
-            os.replace(tmp, current)
-            staged.pop(0)
-    except BaseException as e:
-        disk = disk_write_error(e, current) if isinstance(e, Exception) else None  # before the space is given back
-        for tmp, _ in staged:
-            remove_quietly(tmp)
-        if disk is not None:
-            raise disk from None
-        raise
-
-
-def _write_atomic(path: str, mode: str, write: Callable[[IO], None]) -> None:
-    write_files_atomic([(path, mode, write)])
+    write_files_atomic([(path, "wb", lambda f: torch.save(obj, f))])
 
 
 def load_file(path: str, map_location: str | torch.device = "cpu") -> dict:

@@ -126,5 +126,11 @@ class StopRequest:
             signal.signal(sig, handler)
 
     @property
+    def signum(self) -> int:
+        """The signal that stopped this rank: SIGTERM when it stopped for another rank's signal."""
+        return self.signal or signal.SIGTERM
+
+    @property
     def exit_code(self) -> int:
-        return 128 + int(self.signal or 0)
+        """128 + :attr:`signum`, as a shell reports a killed process."""
+        return 128 + int(self.signum)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shlex
-import signal
 import sys
 import time
 
@@ -26,12 +25,12 @@ from nnunet_voco.artifacts import run_folder
 from nnunet_voco.nnunet import open_datasets
 from nnunet_voco.pretrain import outputs, run_state
 from nnunet_voco.pretrain.distributed import StopRequest, autocast, init_context
+from nnunet_voco.pretrain.progress_plot import HEALTH_KEYS, LOSS_KEYS
 from nnunet_voco.pretrain.run_setup import RunSetup, resolve_run, small_case_warning
 from nnunet_voco.voco.augment import augment_crops
 from nnunet_voco.voco.monitor import LearningGuard, evaluate
 
-LOGGED = ("loss", "pos", "neg", "reg", "inter", "logit_overlap_mean", "logit_zero_mean",
-          "base_similarity_mean", "embedding_std")
+LOGGED = LOSS_KEYS + HEALTH_KEYS
 
 
 class Interrupted(Exception):
@@ -128,14 +127,15 @@ class _LoopState:
 
 
 def _log_start(setup: RunSetup, config, folder: str, resume_from, step: int, log) -> None:
-    for line in setup.warnings + tuple(setup.describe(config, folder)):
+    for line in setup.warnings + tuple(setup.describe(folder)):
         log(line)
     if resume_from:
         log(f"VoCo: continuing from {resume_from} at step {step}")
     elif config.continue_training:
         log(f"VoCo: warning: --c given but {folder} holds no checkpoint yet; starting a new run")
-    if setup.ctx.is_main and small_case_warning(setup.shapes, setup.layout.crop_size):
-        log(small_case_warning(setup.shapes, setup.layout.crop_size))
+    small = small_case_warning(setup.shapes, setup.layout.crop_size) if setup.ctx.is_main else None
+    if small:
+        log(small)
 
 
 def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: LearningGuard, log) -> None:
@@ -153,8 +153,9 @@ def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: Lea
 def _log_window(setup: RunSetup, config, state: _LoopState, bar, folder: str, log) -> None:
     """Every ``--log_every`` steps (a host sync): account non-finite steps, write one metric row."""
     window, step = state.window, state.step
-    good = [w for w in window if bool(w["finite"])]
-    state.bad_streak = account_nonfinite([bool(w["finite"]) for w in window], step, state.bad_streak, config, log,
+    flags = [bool(w["finite"]) for w in window]
+    good = [w for w, ok in zip(window, flags) if ok]
+    state.bad_streak = account_nonfinite(flags, step, state.bad_streak, config, log,
                                          os.path.join(folder, run_state.LATEST))
     state.window = []
     if not good:
@@ -179,7 +180,6 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
            folder: str, log) -> None:
     """Steps until ``--num_steps`` or a stop request; ``state`` holds where it ended."""
     ctx, model, optimizer = setup.ctx, setup.model, setup.optimizer
-    augment = setup.augment if setup.on_device_aug else None
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
                mininterval=1.0, file=sys.stdout)
     data_iter = iter(loader)
@@ -194,8 +194,8 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
         t1 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr_at(state.step)
-        stats = train_step(train_model, batch, optimizer, setup.scaler, ctx, setup.amp_dtype, config, augment,
-                           generator, setup.inplane)
+        stats = train_step(train_model, batch, optimizer, setup.scaler, ctx, setup.amp_dtype, config,
+                           setup.device_augment, generator, setup.inplane)
         # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
         model.update_teacher(schedule.momentum_at(state.step))
         state.step = step = state.step + 1
@@ -227,8 +227,7 @@ def _save_interrupted(setup: RunSetup, config, step: int, folder: str, stop: Sto
         _save(setup, config, step, latest)
     argv = sys.argv[1:] if sys.argv else []
     hint = "voco_pretrain " + shlex.join(argv + ([] if "--c" in argv else ["--c"]))
-    signum = stop.signal or signal.SIGTERM  # a rank stopped by another rank's signal
-    log(f"VoCo: interrupted by signal {signum} at step {step}; state saved to {latest}. Resume with: {hint}")
+    log(f"VoCo: interrupted by signal {stop.signum} at step {step}; state saved to {latest}. Resume with: {hint}")
 
 
 def _export(setup: RunSetup, config, state: _LoopState, guard: LearningGuard, folder: str, log) -> None:
@@ -286,7 +285,7 @@ def run_pretraining(config) -> str:
         if state.stopping or stop.signal is not None:
             _save_interrupted(setup, config, state.step, folder, stop, log)
             clean = True
-            raise Interrupted(128 + int(stop.signal or signal.SIGTERM))  # a rank stopped by another rank's signal
+            raise Interrupted(stop.exit_code)  # SIGTERM for a rank stopped by another rank's signal
         if ctx.is_main:
             _export(setup, config, state, guard, folder, log)
         clean = True

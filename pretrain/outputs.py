@@ -17,10 +17,11 @@ from tqdm import tqdm
 
 from nnunet_voco import __version__
 from nnunet_voco.artifacts import ENCODER_FILE, ENCODER_META_FILE, PRETRAINED_NETWORK_FILE, write_encoder
-from nnunet_voco.checkpoint import save_atomic, to_plain, transfer_encoder, write_json_atomic
+from nnunet_voco.checkpoint import save_atomic, to_plain, transfer_encoder
 from nnunet_voco.nnunet import UserInputError
 from nnunet_voco.pretrain.run_state import FINAL, LATEST
 from nnunet_voco.storage import folder_lock
+from nnunet_voco.storage.atomic_files import write_files_atomic, write_json_atomic
 from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error, remove_quietly
 
 LOCK_FILE = ".voco.lock"
@@ -181,15 +182,8 @@ class RunLog:
                 if row.get("step", 0) <= last_step:
                     rows.append(row)
         if self.enabled:
-            tmp = self.metrics_file + ".tmp"
-            try:
-                with open(tmp, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in rows)
-                os.replace(tmp, self.metrics_file)
-            except OSError as e:
-                disk = disk_write_error(e, self.metrics_file, RESUME_ADVICE)
-                remove_quietly(tmp)
-                raise disk or e from None
+            write_files_atomic([(self.metrics_file, "w", lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))],
+                               RESUME_ADVICE)
         return rows
 
 

@@ -40,9 +40,6 @@ from nnunet_voco.voco.monitor import HeldOutWindows, split_cases
 from nnunet_voco.voco.presets import Preset, get_preset
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 
-INTENSITY_SHIFT = 0.1  # +-0.1 in both official codes (VOCO_SPEC.md sections 1.2 and 2.2)
-INTENSITY_SCALE = 0.1  # ours: x[0.9, 1.1] when --scale_prob > 0
-
 
 def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, int]]]:
     """Spatial shapes of the cases (an evenly spaced subset of ``limit`` for large pools).
@@ -54,6 +51,11 @@ def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, in
     datasets = {id(s): s.open() for s in sources}
     return [(f"{s.name}/{ident}", tuple(int(v) for v in datasets[id(s)].load_case(ident)[0].shape[1:]))
             for s, ident in checked]
+
+
+def median_case_shape(shapes) -> tuple[int, int, int]:
+    """The per-axis median of the ``(name, spatial shape)`` pairs of :func:`case_shapes` (integer voxels)."""
+    return tuple(int(v) for v in np.median([shape for _, shape in shapes], axis=0))
 
 
 def small_case_warning(shapes, crop_size) -> Optional[str]:
@@ -134,9 +136,7 @@ class RunSetup:
     geometry_rule: str  # how the layout was chosen (printed at start)
     batch_size: int  # volumes per step and process
     inplane: tuple[int, int]  # the axes rot90 rotates in
-    preset: Preset
     augment: AugmentConfig
-    on_device_aug: bool  # augment the batch on the GPU (else in the data workers)
     num_workers: int
     warmup_steps: int
     train_cases: list  # (source index, identifier)
@@ -146,6 +146,16 @@ class RunSetup:
     optimizer: torch.optim.Optimizer
     amp_dtype: Optional[torch.dtype]
     scaler: Optional[torch.amp.GradScaler]
+
+    @property
+    def on_device_aug(self) -> bool:
+        """Augment the batch on the GPU (else in the data workers)."""
+        return self.ctx.device.type == "cuda"
+
+    @property
+    def device_augment(self) -> Optional[AugmentConfig]:
+        """The augmentation ``train_step`` applies on the device (None: the data workers applied it)."""
+        return self.augment if self.on_device_aug else None
 
     def make_loader(self, start_step: int = 0):
         """The training batches of this rank from ``start_step`` on (endless DataLoader)."""
@@ -178,9 +188,9 @@ class RunSetup:
         sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, self.val_cases)
         return HeldOutWindows(sampler, self.config.val_windows)
 
-    def describe(self, config, folder: str) -> list[str]:
+    def describe(self, folder: str) -> list[str]:
         """The start lines of the run log: what is trained on what, the geometry rule, the chosen values."""
-        layout, ctx = self.layout, self.ctx
+        config, layout, ctx = self.config, self.layout, self.ctx
         return [
             f"VoCo pre-training: preset {config.preset}, encoder {config.encoder} ({self.bundle.embedding_dim}-d "
             f"embedding), datasets {', '.join(s.name for s in self.sources)} ({len(self.train_cases)} training + "
@@ -230,7 +240,7 @@ def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
     bundle = build_encoder(config.encoder, first.plans_manager, first.configuration_manager, first.num_input_channels,
                            config.swin_feature_size, config.gradient_checkpointing)
     shapes = case_shapes(sources)
-    median_shape = tuple(int(v) for v in np.median([shape for _, shape in shapes], axis=0))
+    median_shape = median_case_shape(shapes)
     layout, rule = resolve_layout(config, first.configuration_manager, bundle, median_shape)
     batch_size = resolve_batch_size(config, first.configuration_manager, layout)
     all_cases = [(i, ident) for i, src in enumerate(sources) for ident in src.identifiers]
@@ -246,9 +256,7 @@ def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
         config=config, ctx=ctx, sources=list(sources), bundle=bundle, shapes=shapes, median_shape=median_shape,
         layout=layout, geometry_rule=rule, batch_size=batch_size,
         inplane=geometry.inplane_axes(layout.grid, first.configuration_manager.spacing, median_shape),
-        preset=preset, augment=AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, INTENSITY_SHIFT,
-                                             config.scale_prob, INTENSITY_SCALE),
-        on_device_aug=ctx.device.type == "cuda",
+        augment=AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, scale_prob=config.scale_prob),
         num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else default_warmup(config.num_steps),
         train_cases=train_cases, val_cases=val_cases, warnings=tuple(w for w in (held_warning,) if w),

@@ -174,10 +174,10 @@ def test_demo_trainers_are_matched_and_seeded():
 
     for suffix in ("_demo", "_demoquick"):
         classes = [getattr(trainers, ARMS[a][0] + suffix) for a in ARMS]
-        assert len({c.voco_demo_budget for c in classes}) == 1
+        assert len({c.voco_budget for c in classes}) == 1
         assert len({c.voco_warmup_epochs for c in classes}) == 1
         assert [c.voco_load_weights for c in classes] == [True, False, True, False]
-    assert trainers.nnUNetTrainerVoCoFrozen_demo.voco_demo_budget == DEMO_BUDGET
+    assert trainers.nnUNetTrainerVoCoFrozen_demo.voco_budget == DEMO_BUDGET
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ Budgets (fitted to 2 CPU cores; the timing behind them is in :mod:`nnunet_voco.d
 ``_demo`` for the default ``voco_demo`` run, ``_demoquick`` for ``voco_demo --quick`` (a CI smoke
 test; its Dice says nothing). Both run one validation iteration per epoch and no test-time mirroring
 in nnU-Net's final validation and in ``nnUNetv2_predict``, which keeps CPU inference cheap.
-``voco_demo_budget`` names the same budget as ``voco_budget``, for the demo's checks.
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ QUICK_BUDGET = TrainingBudget(epochs=1, iterations_per_epoch=2, val_iterations_p
 class nnUNetTrainerVoCo_demo(nnUNetTrainerVoCo):
     """:class:`nnUNetTrainerVoCo` at the default ``voco_demo`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = DEMO_BUDGET
+    voco_budget = DEMO_BUDGET
     voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
@@ -49,7 +48,7 @@ class nnUNetTrainerVoCo_demo(nnUNetTrainerVoCo):
 class nnUNetTrainerVoCoScratch_demo(nnUNetTrainerVoCoScratch):
     """:class:`nnUNetTrainerVoCoScratch` at the default ``voco_demo`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = DEMO_BUDGET
+    voco_budget = DEMO_BUDGET
     voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
@@ -58,7 +57,7 @@ class nnUNetTrainerVoCoScratch_demo(nnUNetTrainerVoCoScratch):
 class nnUNetTrainerVoCoFrozen_demo(nnUNetTrainerVoCoFrozen):
     """:class:`nnUNetTrainerVoCoFrozen` at the default ``voco_demo`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = DEMO_BUDGET
+    voco_budget = DEMO_BUDGET
     voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
@@ -67,7 +66,7 @@ class nnUNetTrainerVoCoFrozen_demo(nnUNetTrainerVoCoFrozen):
 class nnUNetTrainerVoCoFrozenScratch_demo(nnUNetTrainerVoCoFrozenScratch):
     """:class:`nnUNetTrainerVoCoFrozenScratch` at the default ``voco_demo`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = DEMO_BUDGET
+    voco_budget = DEMO_BUDGET
     voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
@@ -76,22 +75,22 @@ class nnUNetTrainerVoCoFrozenScratch_demo(nnUNetTrainerVoCoFrozenScratch):
 class nnUNetTrainerVoCo_demoquick(nnUNetTrainerVoCo_demo):
     """:class:`nnUNetTrainerVoCo` at the ``voco_demo --quick`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = QUICK_BUDGET
+    voco_budget = QUICK_BUDGET
 
 
 class nnUNetTrainerVoCoScratch_demoquick(nnUNetTrainerVoCoScratch_demo):
     """:class:`nnUNetTrainerVoCoScratch` at the ``voco_demo --quick`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = QUICK_BUDGET
+    voco_budget = QUICK_BUDGET
 
 
 class nnUNetTrainerVoCoFrozen_demoquick(nnUNetTrainerVoCoFrozen_demo):
     """:class:`nnUNetTrainerVoCoFrozen` at the ``voco_demo --quick`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = QUICK_BUDGET
+    voco_budget = QUICK_BUDGET
 
 
 class nnUNetTrainerVoCoFrozenScratch_demoquick(nnUNetTrainerVoCoFrozenScratch_demo):
     """:class:`nnUNetTrainerVoCoFrozenScratch` at the ``voco_demo --quick`` budget; fold = seed."""
 
-    voco_budget = voco_demo_budget = QUICK_BUDGET
+    voco_budget = QUICK_BUDGET

@@ -81,7 +81,8 @@ class nnUNetTrainerVoCoSwin(nnUNetTrainerVoCo):
             self.voco_weights = find_trainer_weights(self, self.voco_encoder_family)
         except FileNotFoundError:  # on_train_start raises with the command to run
             return
-        architecture = artifacts.read_meta(self.voco_weights.path).get("architecture") or {}
+        meta = self.voco_weights.meta or artifacts.read_meta(self.voco_weights.path)
+        architecture = meta.get("architecture") or {}
         feature_size = int(architecture.get("feature_size", self.voco_swin_feature_size))
         # both copies: the configuration manager builds the network, the plans go to plans.json
         self.configuration_manager.configuration[FEATURE_SIZE_KEY] = feature_size

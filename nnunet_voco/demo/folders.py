@@ -12,6 +12,7 @@ import os
 from nnunet_voco import artifacts
 from nnunet_voco.demo.arms import ARMS
 from nnunet_voco.demo.run_sizes import RunSize
+from nnunet_voco.pool.target import pool_dataset_name
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
@@ -27,7 +28,7 @@ class DemoFolders:
         self.results = os.path.join(self.work, "nnUNet_results")
         self.run = os.path.join(self.work, run_size.name)
         self.dataset = f"Dataset{run_size.dataset_id:03d}_{run_size.dataset_name}"
-        self.pool = f"Dataset{run_size.pool_id:03d}_{run_size.dataset_name}Unlabeled"
+        self.pool = pool_dataset_name(run_size.pool_id, self.dataset)
         self.raw_dataset = os.path.join(self.raw, self.dataset)
         self.pretrain_folder = artifacts.run_folder(self.pool, PLANS, CONFIGURATION, results=self.results)
 

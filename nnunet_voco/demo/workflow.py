@@ -20,6 +20,7 @@ from nnunet_voco.demo.phantom import SYNTHETIC_NOTE
 from nnunet_voco.demo.report import write_report
 from nnunet_voco.demo.run_sizes import RUN_SIZES
 from nnunet_voco.demo.stages import Stage, build_stages
+from nnunet_voco.storage.atomic_files import write_json_atomic
 
 
 def _executable(name: str) -> str:
@@ -125,12 +126,8 @@ def load_state(folders: DemoFolders) -> dict:
 
 
 def save_state(folders: DemoFolders, state: dict) -> None:
-    """Writes ``state`` to ``<run>/demo_state.json`` atomically."""
-    os.makedirs(folders.run, exist_ok=True)
-    path = os.path.join(folders.run, "demo_state.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(state, f, indent=2)
-    os.replace(path + ".tmp", path)
+    """Writes ``state`` to ``<run>/demo_state.json`` atomically (its folder is created if missing)."""
+    write_json_atomic(os.path.join(folders.run, "demo_state.json"), state)
 
 
 def _describe(folders: DemoFolders, device: str) -> str:

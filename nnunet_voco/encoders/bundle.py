@@ -34,8 +34,6 @@ class EncoderBundle:
             is saved), ``encoder_key_prefixes`` (list[str], relative to that submodule; ``[""]`` =
             all keys), ``keys_to_in_proj`` (list[str], relative, without ``.weight``).
         state_fn: returns the encoder state dict in the key space of ``meta["key_to_encoder"]``.
-        min_crop_edge: smallest crop edge in voxels the default layout uses (before rounding up
-            to the stride; see :func:`nnunet_voco.voco.geometry.fitted_layout`).
         crop_check: raises ``ValueError`` for a crop size (divisible by the stride) that the module
             still refuses, or None when the stride is the only condition.
     """
@@ -45,7 +43,6 @@ class EncoderBundle:
     divisor: tuple[int, int, int]
     meta: dict
     state_fn: Callable[[], dict]
-    min_crop_edge: int = geometry.MIN_CROP_EDGE
     crop_check: Optional[Callable[[tuple[int, int, int]], None]] = None
 
     @property
@@ -56,7 +53,7 @@ class EncoderBundle:
     @property
     def crop_stride(self) -> tuple[int, int, int]:
         """Crop edges must be multiples of this per axis (the encoder's total stride)."""
-        return tuple(int(d) for d in self.divisor)  # type: ignore[return-value]
+        return self.divisor
 
     def validate_crop(self, crop_size: Sequence[int]) -> tuple[int, int, int]:
         """A crop size the encoder accepts, as a tuple.
@@ -73,5 +70,4 @@ class EncoderBundle:
     def fit_layout(self, median_shape: Sequence[float], patch_size: Sequence[int], spacing: Sequence[float],
                    grid: Sequence[int] | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int], str]:
         """The default crop size and grid for this encoder (:func:`~nnunet_voco.voco.geometry.fitted_layout`)."""
-        return geometry.fitted_layout(median_shape, patch_size, spacing, self.crop_stride, grid,
-                                      min_edge=self.min_crop_edge)
+        return geometry.fitted_layout(median_shape, patch_size, spacing, self.crop_stride, grid)

@@ -32,22 +32,27 @@ DECODER_ONLY_KWARGS = ("n_conv_per_stage_decoder",)
 
 @dataclasses.dataclass
 class WeightsChoice:
-    """The encoder file a fine-tuning run uses, why it won, and the candidates it beat."""
+    """The encoder file a fine-tuning run uses, why it won, the candidates it beat, and its metadata.
+
+    ``meta`` is the sidecar's metadata the lookup already read (None for ``$nnUNet_voco_weights``).
+    """
 
     path: str
     reason: str
     others: list[str]
+    meta: dict | None = None
 
 
-def _candidates(dataset_name: str, plans_name: str, configuration: str, family: str) -> list[str]:
-    """Encoder files of finished runs that cover ``dataset_name`` with a ``family`` encoder, newest first."""
+def _candidates(dataset_name: str, plans_name: str, configuration: str,
+                family: str) -> list[artifacts.EncoderArtifact]:
+    """Encoders of finished runs that cover ``dataset_name`` with a ``family`` encoder, newest first."""
     try:
         found = artifacts.list_encoders(plans_name, configuration)
     except UserInputError:  # nnUNet_results not set: there is no run to find
         return []
-    covering = [a.path for a in found if a.meta.get("encoder_family") == family and (
+    covering = [a for a in found if a.meta.get("encoder_family") == family and (
         dataset_name in (a.meta.get("datasets") or []) or dataset_name in (a.meta.get("plans_source_datasets") or []))]
-    return sorted(covering, key=os.path.getmtime, reverse=True)
+    return sorted(covering, key=lambda a: os.path.getmtime(a.path), reverse=True)
 
 
 def find_voco_weights(dataset_name: str, plans_name: str, configuration: str, family: str = "cnn") -> WeightsChoice:
@@ -74,7 +79,7 @@ def find_voco_weights(dataset_name: str, plans_name: str, configuration: str, fa
             f"{ENV_WEIGHTS}=/path/to/{artifacts.ENCODER_FILE}"
         )
     reason = "newest finished voco_pretrain run covering " + dataset_name
-    return WeightsChoice(found[0], reason, found[1:])
+    return WeightsChoice(found[0].path, reason, [a.path for a in found[1:]], found[0].meta)
 
 
 def _differences(a, b, prefix: str) -> list[tuple[str, object, object]]:

@@ -46,13 +46,6 @@ class UnknownDataset(UserInputError):
         self.nnunet_error = nnunet_error
 
 
-def preprocessed_root_if_set() -> str | None:
-    """``$nnUNet_preprocessed`` as nnU-Net reads it, or None when the variable is not set."""
-    from nnunetv2.paths import nnUNet_preprocessed
-
-    return nnUNet_preprocessed.get()
-
-
 def raw_dataset_exists(name: str) -> bool:
     """Whether ``$nnUNet_raw/<name>`` is a folder (False when nnUNet_raw is not set)."""
     from nnunetv2.paths import nnUNet_raw
@@ -130,7 +123,6 @@ def open_dataset(dataset: str | int, plans_name: str, configuration: str) -> Dat
     """Locate a preprocessed dataset and its plans; raise a one-line error naming the fix."""
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     name = dataset_name(dataset)
     folder = os.path.join(preprocessed_root(), name)
@@ -148,7 +140,7 @@ def open_dataset(dataset: str | int, plans_name: str, configuration: str) -> Dat
             f"plans {plans_name!r} not found for {name} (available: {', '.join(available) or 'none'}); pass -p with "
             f"one of them or run `{plan_cmd}{planner}`"
         )
-    pm = PlansManager(plans_file)
+    pm = read_plans(plans_file)
     if configuration not in pm.available_configurations:
         raise UserInputError(
             f"configuration {configuration!r} is not in {plans_name} of {name} (available: "

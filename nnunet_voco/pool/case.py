@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunet_voco.nnunet import configuration_manager, preprocessing, read_plans
+from nnunet_voco.nnunet import preprocessing, read_plans
 from nnunet_voco.pool import input_checks
 from nnunet_voco.pool.inputs import InputCase, image_ending
 from nnunet_voco.pool.reasons import RESUME_ADVICE, one_line
@@ -97,7 +97,7 @@ def preprocess_pool_case(image_files: Sequence, plans: dict, configuration: str,
 
 
 def save_pool_case(plans: dict, configuration: str, dataset_json: dict, data_folder: str, tmp_folder: str,
-                   case: InputCase) -> str | None:
+                   patch_size: Sequence[int], case: InputCase) -> str | None:
     """Preprocess one case and save it atomically into ``data_folder``.
 
     Runs in worker processes, so every argument is picklable and a bad file never raises.
@@ -108,6 +108,7 @@ def save_pool_case(plans: dict, configuration: str, dataset_json: dict, data_fol
         dataset_json: TARGET's dataset.json dict.
         data_folder: the pool's ``<data_identifier>`` folder.
         tmp_folder: where the case is written before it is moved into place (same file system).
+        patch_size: the configuration's patch size (sets the Blosc2 chunks and blocks).
         case: the case to write.
 
     Returns:
@@ -121,7 +122,7 @@ def save_pool_case(plans: dict, configuration: str, dataset_json: dict, data_fol
         # The same dtypes and chunk/block heuristics as DefaultPreprocessor.run_case_save.
         data = data.astype(np.float32, copy=False)
         seg = seg.astype(np.int16, copy=False)
-        layout = preprocessing.blosc2_layout(data, seg, configuration_manager(plans, configuration).patch_size)
+        layout = preprocessing.blosc2_layout(data, seg, patch_size)
     except ValueError as e:
         return str(e)
     except Exception as e:  # a bad file must never stop the run
@@ -143,4 +144,4 @@ def save_pool_case(plans: dict, configuration: str, dataset_json: dict, data_fol
 
 def case_is_complete(data_folder: str, case_id: str) -> bool:
     """Whether all three files of a case are in place (a killed run may leave some)."""
-    return all(os.path.isfile(os.path.join(data_folder, case_id + s)) for s in (".b2nd", "_seg.b2nd", ".pkl"))
+    return all(os.path.isfile(os.path.join(data_folder, case_id + s)) for s in _CASE_FILES)

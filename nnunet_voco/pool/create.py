@@ -24,7 +24,7 @@ import shutil
 import time
 from typing import Sequence
 
-from nnunet_voco.nnunet import UserInputError, configuration_manager, preprocessed_root_if_set
+from nnunet_voco.nnunet import UserInputError, configuration_manager, preprocessed_root
 from nnunet_voco.pool.case import case_is_complete, save_pool_case
 from nnunet_voco.pool.inputs import IMAGE_ENDINGS, InputCase, find_input_cases
 from nnunet_voco.pool.provenance import finish_pool, open_pool
@@ -62,9 +62,7 @@ def create_unlabeled_pool(input_folders: Sequence[str], target: str | int, outpu
         FileNotFoundError: an input folder does not exist.
         DiskWriteError: the disk is full or not writable.
     """
-    preprocessed = preprocessed_root_if_set()
-    if preprocessed is None:
-        raise UserInputError("nnUNet_preprocessed is not set; export nnUNet_preprocessed=/path/to/nnUNet_preprocessed")
+    preprocessed = preprocessed_root()
     target_name, plans, dataset_json = load_target(preprocessed, target, plans_name, configuration)
     pool_name = pool_dataset_name(output, target_name)
     folders = [os.path.abspath(f) for f in input_folders]
@@ -91,7 +89,8 @@ def _fill_pool(report: PoolReport, folders: list[str], cases: list[InputCase], p
                dataset_json: dict, num_processes: int, progress: bool) -> None:
     """Open (or resume) the pool of ``report`` and preprocess the cases it lacks (under the pool's lock)."""
     pool_folder = report.folder
-    data_folder = os.path.join(pool_folder, configuration_manager(plans, configuration).data_identifier)
+    config = configuration_manager(plans, configuration)
+    data_folder = os.path.join(pool_folder, config.data_identifier)
     tmp_folder = os.path.join(pool_folder, TMP_FOLDER)
     try:
         provenance = open_pool(pool_folder, report.dataset_name, report.target_name, plans, report.plans_name,
@@ -105,7 +104,8 @@ def _fill_pool(report: PoolReport, folders: list[str], cases: list[InputCase], p
     done = {case.case_id for case in cases if case_is_complete(data_folder, case.case_id)}
     report.already_present = [case.case_id for case in cases if case.case_id in done]
     todo = [case for case in cases if case.case_id not in done]
-    work = functools.partial(save_pool_case, plans, configuration, dataset_json, data_folder, tmp_folder)
+    work = functools.partial(save_pool_case, plans, configuration, dataset_json, data_folder, tmp_folder,
+                             config.patch_size)
     start, failed = time.perf_counter(), False
     try:
         run_cases(todo, work, num_processes, report, progress)

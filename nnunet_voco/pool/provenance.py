@@ -17,12 +17,14 @@ import datetime
 import json
 import os
 
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
 from nnunet_voco.nnunet import UserInputError, datasets_with_id, raw_dataset_exists
 from nnunet_voco.nnunet.preprocessing import blosc2_case_identifiers
 from nnunet_voco.pool.case import BODY_MASK_RULE, case_is_complete
 from nnunet_voco.pool.reasons import RESUME_ADVICE, one_line
 from nnunet_voco.pool.report import PoolReport
-from nnunet_voco.storage.disk_errors import disk_write_error, remove_quietly
+from nnunet_voco.storage.atomic_files import write_json_atomic
 
 SCHEMA_VERSION = 1
 PROVENANCE_FILE = "voco_pool.json"
@@ -100,7 +102,7 @@ def open_pool(pool_folder: str, pool_name: str, target_name: str, plans: dict, p
     if built_from != (target_name, plans_name, configuration):
         raise UserInputError(f"{pool_name} is a pool built from {' / '.join(built_from)}, not {target_name} / "
                              f"{plans_name} / {configuration}; choose another -o")
-    if not os.path.isfile(plans_file) or read_json(plans_file) != pool_plans:
+    if not os.path.isfile(plans_file) or load_json(plans_file) != pool_plans:
         raise UserInputError(f"{target_name}'s {plans_name} changed since {pool_name} was built; the existing cases "
                              f"no longer match, so choose another -o (or delete {pool_folder})")
     return provenance
@@ -126,24 +128,10 @@ def pool_dataset_json(dataset_json: dict, pool_name: str, target_name: str, num_
             "voco_unlabeled_pool": {"plans_source_dataset": target_name, "seg": BODY_MASK_RULE}}
 
 
-def read_json(path: str) -> dict:
-    """Read a JSON file (plans, dataset.json) as nnU-Net's ``load_json`` does."""
-    with open(path) as f:
-        return json.load(f)
-
-
 def write_json(path: str, content: dict) -> None:
-    """Write ``content`` to a temporary file and move it onto ``path``.
+    """Write ``content`` to ``path`` atomically (:func:`~nnunet_voco.storage.atomic_files.write_json_atomic`).
 
     Raises:
-        DiskWriteError: the disk is full or not writable.
+        DiskWriteError: the disk is full or not writable (the message says how to resume).
     """
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-        os.replace(tmp, path)
-    except OSError as e:
-        disk = disk_write_error(e, path, RESUME_ADVICE)
-        remove_quietly(tmp)
-        raise disk or e from None
+    write_json_atomic(path, content, RESUME_ADVICE)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import re
 
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
 from nnunet_voco.nnunet import UnknownDataset, UserInputError, lookup_dataset_name, plans_configurations, read_plans
-from nnunet_voco.pool.provenance import read_json
 from nnunet_voco.pool.reasons import one_line
 
 
@@ -44,7 +45,7 @@ def load_target(preprocessed_root: str, target: str | int, plans_name: str,
     available = plans_configurations(plans_manager)
     if configuration not in available:
         raise UserInputError(f"configuration {configuration!r} is not in {plans_file}; choose one of {available}")
-    return target_name, plans_manager.plans, read_json(os.path.join(target_folder, "dataset.json"))
+    return target_name, plans_manager.plans, load_json(os.path.join(target_folder, "dataset.json"))
 
 
 def pool_dataset_name(output: str | int, target_name: str) -> str:

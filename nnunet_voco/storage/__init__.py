@@ -1,1 +1,2 @@
-"""Writing files safely: disk-error translation (full, read-only or vanished disks) and one-run-per-folder locks."""
+"""Writing files safely: atomic writes, disk-error translation (full, read-only or vanished disks) and
+one-run-per-folder locks."""

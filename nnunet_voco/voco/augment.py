@@ -66,6 +66,12 @@ class CropTransforms:
         return (self.flips.long() * torch.tensor([1, 2, 4])).sum(1) + 8 * self.turns
 
 
+def inplane_square(spatial_shape: Sequence[int], inplane_axes: tuple[int, int]) -> bool:
+    """Whether the in-plane axes (0-based among X, Y, Z) of ``spatial_shape`` are equal (quarter turns allowed)."""
+    a, b = (spatial_shape[axis] for axis in inplane_axes)
+    return a == b
+
+
 def draw_transforms(n: int, config: AugmentConfig, generator: torch.Generator, square: bool = True) -> CropTransforms:
     """Draw the augmentation of ``n`` crops with one call to the generator.
 
@@ -132,9 +138,8 @@ def augment_crops(
     Returns:
         Tensor of the same shape and dtype.
     """
-    a, b = (ax + 2 for ax in inplane_axes)
-    transforms = draw_transforms(crops.shape[0], config, generator, square=crops.shape[a] == crops.shape[b])
-    return apply_transforms(crops, transforms, inplane_axes)
+    square = inplane_square(crops.shape[2:], inplane_axes)
+    return apply_transforms(crops, draw_transforms(crops.shape[0], config, generator, square=square), inplane_axes)
 
 
 def transform_into(
@@ -152,18 +157,21 @@ def transform_into(
     Returns:
         ``out``.
     """
-    a, b = (ax + 1 for ax in inplane_axes)
-    for i, src in enumerate(sources):
-        if transforms is None:
+    if transforms is None:
+        for i, src in enumerate(sources):
             np.copyto(out[i], src)
-            continue
+        return out
+    a, b = (ax + 1 for ax in inplane_axes)
+    # The parameters as numpy / Python values, read once instead of as torch scalars per crop.
+    flips, turns, scales, shifts = (transforms.flips.numpy(), transforms.turns.tolist(), transforms.scale.tolist(),
+                                    transforms.shift.tolist())
+    for i, src in enumerate(sources):
         view = src
-        for axis in np.flatnonzero(transforms.flips[i].numpy()):
+        for axis in np.flatnonzero(flips[i]):
             view = np.flip(view, axis + 1)
-        turns = int(transforms.turns[i])
-        if turns:
-            view = np.rot90(view, turns, axes=(a, b))
-        scale, shift = float(transforms.scale[i]), float(transforms.shift[i])
+        if turns[i]:
+            view = np.rot90(view, turns[i], axes=(a, b))
+        scale, shift = scales[i], shifts[i]
         if scale != 1.0:
             np.multiply(view, np.float32(scale), out=out[i])
         else:

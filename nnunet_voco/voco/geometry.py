@@ -147,11 +147,11 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
         patch_size: the configuration's patch size (upper bound of every crop edge).
         spacing: the configuration's spacing.
         divisor: the encoder's total stride per axis (crop edges must be multiples of it); the
-            encoder declares it (``EncoderBundle.crop_stride``, which calls this function).
+            encoder declares it (``EncoderBundle.crop_stride``; ``EncoderBundle.fit_layout`` calls
+            this function).
         grid: a fixed grid (``--grid``); only the crop size is fitted then.
         cells: cells per in-plane axis to try, in order.
-        min_edge: minimum crop edge in voxels (before rounding up to the stride;
-            ``EncoderBundle.min_crop_edge``).
+        min_edge: minimum crop edge in voxels (before rounding up to the stride).
 
     Returns:
         ``(crop_size, grid, rule)``: ``rule`` is a one-line account of how they were chosen.

@@ -111,10 +111,8 @@ class VoCoLoss(torch.nn.Module):
         student base)). The held-out position monitor (:mod:`nnunet_voco.voco.monitor`) reads these.
         """
         x_s, q_s, x_t, q_t = (t.float() for t in (student_targets, student_bases, teacher_targets, teacher_bases))
-        n_xs, n_qs, n_xt, n_qt = (clamped_norms(t) for t in (x_s, q_s, x_t, q_t))
-        if self.preset == "v1":
-            return 0.5 * (straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt)) + straight_through_cap(pair_cosines(x_t, q_s, n_xt, n_qs)))
-        return straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt))
+        norms = tuple(clamped_norms(t) for t in (x_s, q_s, x_t, q_t))
+        return intra_logits(self.preset == "v1", x_s, q_s, x_t, q_t, *norms)
 
     def forward(
         self,
@@ -166,7 +164,7 @@ class VoCoLoss(torch.nn.Module):
         """v1 terms (symmetrised logits, l^2 negatives, regulariser) by autograd; also returns the
         intra-volume logits (B, S, K), the base cosines (B, K, K) and the student row norms."""
         n_xs, n_qs, n_xt, n_qt = (clamped_norms(t) for t in (x_s, q_s, x_t, q_t))
-        logits = 0.5 * (straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt)) + straight_through_cap(pair_cosines(x_t, q_s, n_xt, n_qs)))
+        logits = intra_logits(True, x_s, q_s, x_t, q_t, n_xs, n_qs, n_xt, n_qt)
         entry = entry_weights(y, (1, 2), self.eps)  # (2, B, S, K)
         pos = (log_gap(y, logits, self.eps) * entry[0].neg_()).sum()
         neg = (logits.square() * entry[1]).sum()
@@ -174,6 +172,20 @@ class VoCoLoss(torch.nn.Module):
         loss = self.pos_weight * pos + self.neg_weight * neg + self.reg_weight * reg
         out = {"loss": loss, "pos": pos, "neg": neg, "reg": reg, "inter": torch.zeros_like(pos)}
         return out, logits, gram, n_xs, n_qs
+
+
+def intra_logits(symmetric: bool, x_s: torch.Tensor, q_s: torch.Tensor, x_t: torch.Tensor, q_t: torch.Tensor,
+                 n_xs: torch.Tensor, n_qs: torch.Tensor, n_xt: torch.Tensor, n_qt: torch.Tensor) -> torch.Tensor:
+    """Intra-volume logits (B, S, K) from the embeddings and their clamped row norms.
+
+    ``symmetric`` (v1): 0.5 * (cap(cos(x^s, q^t)) + cap(cos(x^t, q^s))); otherwise (v2) cap(cos(x^s, q^t)),
+    whose training values :class:`V2LossFunction` computes itself. One definition, so the held-out
+    monitor reads the logits training uses.
+    """
+    student = straight_through_cap(pair_cosines(x_s, q_t, n_xs, n_qt))
+    if symmetric:
+        return 0.5 * (student + straight_through_cap(pair_cosines(x_t, q_s, n_xt, n_qs)))
+    return student
 
 
 @torch.no_grad()

@@ -41,15 +41,17 @@ class Preset:
     name: str  # the --preset value
     head_dim: int  # projector hidden and output width
     teacher_encoder: bool  # the EMA teacher copies the backbone too (else only the projector)
-    uses_embedding_dropout: bool  # dropout on the pooled embedding exists in this variant
-    embedding_dropout: float  # its default probability (0 where it does not exist)
+    embedding_dropout: float  # default probability of dropout on the pooled embedding (0: none in this variant)
     shift_prob: float  # default probability of the per-crop intensity shift
 
+    @property
+    def uses_embedding_dropout(self) -> bool:
+        """Whether dropout on the pooled embedding exists in this variant."""
+        return self.embedding_dropout > 0
 
-V2 = Preset("v2", head_dim=1024, teacher_encoder=False, uses_embedding_dropout=True, embedding_dropout=0.2,
-            shift_prob=0.5)
-V1 = Preset("v1", head_dim=2048, teacher_encoder=True, uses_embedding_dropout=False, embedding_dropout=0.0,
-            shift_prob=0.1)
+
+V2 = Preset("v2", head_dim=1024, teacher_encoder=False, embedding_dropout=0.2, shift_prob=0.5)
+V1 = Preset("v1", head_dim=2048, teacher_encoder=True, embedding_dropout=0.0, shift_prob=0.1)
 PRESETS = {p.name: p for p in (V2, V1)}
 PRESET_NAMES = tuple(PRESETS)  # ("v2", "v1"): the default first
 DEFAULT_PRESET = V2.name

@@ -6,7 +6,8 @@ base-crop grid plus ``num_targets`` randomly placed target crops with their over
 (:mod:`nnunet_voco.voco.geometry`). Cases smaller than the window are padded. Crops are views into the
 window (:func:`crop_views`); :func:`cut_crops` is the one place that copies them out, each crop once,
 augmented on the way when transforms are given. The data workers (:mod:`nnunet_voco.nnunet.loader`),
-the held-out monitor, the benchmarks and the tests all cut through it (:meth:`WindowSampler.sample`).
+the held-out monitor (:mod:`nnunet_voco.voco.monitor`), the benchmarks and the tests all cut through it
+(the workers by way of :meth:`WindowSampler.sample`).
 
 Window placement is biased towards the foreground: with probability ``foreground_probability`` the
 window is centred (with jitter) on a random voxel of ``properties["class_locations"]`` that nnU-Net
@@ -22,13 +23,14 @@ Notes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from nnunet_voco.voco import geometry
-from nnunet_voco.voco.augment import AugmentConfig, CropTransforms, draw_transforms, transform_into
+from nnunet_voco.voco.augment import AugmentConfig, CropTransforms, draw_transforms, inplane_square, transform_into
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,13 @@ class CropLayout:
     @property
     def num_bases(self) -> int:
         return int(np.prod(self.grid))
+
+    @functools.cached_property
+    def base_offsets(self) -> np.ndarray:
+        """``(K, 3)`` lowest corners of the base crops (x-major), computed once per layout (read-only)."""
+        offsets = geometry.base_crop_offsets(self.crop_size, self.grid)
+        offsets.flags.writeable = False
+        return offsets
 
 
 def _class_locations(properties: dict) -> list[np.ndarray]:
@@ -123,7 +132,7 @@ def crop_views(window_array: np.ndarray, layout: CropLayout, target_offsets: np.
         ``K + S`` arrays ``(C, *crop)`` that share memory with ``window_array``.
     """
     (cx, cy, cz) = layout.crop_size
-    corners = np.concatenate([geometry.base_crop_offsets(layout.crop_size, layout.grid),
+    corners = np.concatenate([layout.base_offsets,
                               np.asarray(target_offsets, dtype=np.int64).reshape(-1, 3)])
     return [window_array[:, x:x + cx, y:y + cy, z:z + cz] for x, y, z in corners]
 
@@ -172,7 +181,6 @@ class WindowSampler:
         self.sources = list(sources)
         self.layout = layout
         self.foreground_probability = foreground_probability
-        self.base_offsets = geometry.base_crop_offsets(layout.crop_size, layout.grid)
         all_cases = [(i, ident) for i, s in enumerate(self.sources) for ident in s.identifiers]
         self.cases = list(cases) if cases is not None else all_cases  # (source index, identifier)
         self._datasets: dict[int, object] = {}
@@ -210,7 +218,7 @@ class WindowSampler:
         window_array = read_window(data, origin, window)
         n = self.layout.num_targets if num_targets is None else num_targets
         target_offsets = geometry.sample_target_offsets(window, self.layout.crop_size, n, rng)
-        overlaps = geometry.overlap_matrix(target_offsets, self.base_offsets, self.layout.crop_size)
+        overlaps = geometry.overlap_matrix(target_offsets, self.layout.base_offsets, self.layout.crop_size)
         return {"window": window_array, "target_offsets": target_offsets, "overlaps": overlaps,
                 "case": f"{self.sources[source_index].name}/{identifier}", "origin": origin,
                 "padding_share": padding_share(data.shape[1:], origin, window)}
@@ -234,9 +242,8 @@ class WindowSampler:
         sample = self.sample_window(rng)
         transforms = None
         if augment is not None:
-            a, b = (self.layout.crop_size[axis] for axis in inplane_axes)
             transforms = draw_transforms(self.layout.num_bases + len(sample["target_offsets"]), augment, generator,
-                                         square=a == b)
+                                         square=inplane_square(self.layout.crop_size, inplane_axes))
         bases, targets = cut_crops(sample["window"], self.layout, sample["target_offsets"], transforms, inplane_axes)
         return {"bases": bases, "targets": targets, "overlaps": sample["overlaps"], "case": sample["case"],
                 "padding_share": sample["padding_share"]}
