@@ -144,7 +144,8 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
 
     Args:
         median_shape: median spatial case shape (preprocessed axis order).
-        patch_size: the configuration's patch size (upper bound of every crop edge).
+        patch_size: the configuration's patch size (upper bound of every crop edge, except for the
+            1-voxel-deepest-map doubling above).
         spacing: the configuration's spacing.
         divisor: the encoder's total stride per axis (crop edges must be multiples of it); the
             encoder declares it (``EncoderBundle.crop_stride``; ``EncoderBundle.fit_layout`` calls
