@@ -146,7 +146,9 @@ def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: Lea
     log(f"step {state.step}: held-out position accuracy {row['val_position_accuracy']:.3f} (chance "
         f"{row['val_chance']:.3f}, best constant guess {row['val_prior']:.3f}), |logit - overlap| "
         f"{row['val_overlap_error']:.3f}, logit gap {row['val_logit_gap']:.3f}, argmax base overlaps the target "
-        f"{row['val_overlap_hit']:.3f} (chance {row['val_overlap_hit_chance']:.3f})", also_print=False)
+        f"{row['val_overlap_hit']:.3f} (chance {row['val_overlap_hit_chance']:.3f})"
+        + (f"; training windows: position accuracy {row['train_position_accuracy']:.3f}, argmax base overlaps "
+           f"{row['train_overlap_hit']:.3f}" if "train_position_accuracy" in row else ""), also_print=False)
     guard(row)
 
 

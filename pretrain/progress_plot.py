@@ -42,11 +42,14 @@ def plot_progress(history: Sequence[dict], path: str) -> None:
         ax = axes[2]
         val_steps = [row["step"] for row in held_out]
         ax.plot(val_steps, [row["val_position_accuracy"] for row in held_out], "o-", label="held-out position accuracy")
+        if "train_position_accuracy" in held_out[-1]:
+            ax.plot(val_steps, [row.get("train_position_accuracy", float("nan")) for row in held_out], "^-",
+                    color="tab:green", alpha=0.7, label="training-window position accuracy")
         ax.plot(val_steps, [row["val_logit_gap"] for row in held_out], "s--", label="held-out logit gap")
         ax.axhline(held_out[0]["val_position_accuracy"], color="grey", ls=":", label="step 0 (untrained)")
         ax.axhline(held_out[-1]["val_prior"], color="tab:red", ls=":", label="best constant guess")
         ax.axhline(held_out[-1]["val_chance"], color="black", ls=":", label="chance (1/K)")
-        ax.set_ylabel("held-out monitor")
+        ax.set_ylabel("position monitor")
         ax.set_ylim(bottom=min(0.0, min(row["val_logit_gap"] for row in held_out)))
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:

@@ -36,7 +36,7 @@ from nnunet_voco.voco import geometry
 from nnunet_voco.voco.augment import AugmentConfig
 from nnunet_voco.voco.loss import VoCoLoss
 from nnunet_voco.voco.model import VoCoModel
-from nnunet_voco.voco.monitor import HeldOutWindows, split_cases
+from nnunet_voco.voco.monitor import MONITOR_SEED, FixedWindows, MonitorWindows, split_cases
 from nnunet_voco.voco.presets import Preset, get_preset
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler
 
@@ -181,12 +181,18 @@ class RunSetup:
         """The CPU generator of the on-device augmentation (one stream per rank and resume step)."""
         return torch.Generator().manual_seed(self.config.seed * 1000003 + self.ctx.rank * 7919 + start_step)
 
-    def held_out_windows(self) -> Optional[HeldOutWindows]:
-        """The fixed held-out windows of the position monitor (rank 0 only; None when off)."""
+    def held_out_windows(self) -> Optional[MonitorWindows]:
+        """The position monitor's fixed windows (rank 0 only; None when off): ``--val_windows`` from the
+        held-out cases and as many, drawn the same way, from training cases (memorising vs learning)."""
         if not self.val_cases or not self.ctx.is_main:
             return None
-        sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, self.val_cases)
-        return HeldOutWindows(sampler, self.config.val_windows)
+
+        def windows(cases, seed):
+            sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, cases)
+            return FixedWindows(sampler, self.config.val_windows, seed=seed)
+
+        return MonitorWindows(windows(self.val_cases, MONITOR_SEED),
+                              windows(self.train_cases, MONITOR_SEED + 1) if self.train_cases else None)
 
     def describe(self, folder: str) -> list[str]:
         """The start lines of the run log: what is trained on what, the geometry rule, the chosen values."""

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnunet_voco.voco.monitor import LearningGuard, position_metrics, split_cases
+from nnunet_voco.voco.monitor import LearningGuard, is_memorising, position_metrics, split_cases
 
 
 def test_position_metrics_by_hand():
@@ -52,3 +52,32 @@ def test_guard_is_quiet_while_learning():
     for step, accuracy in ((0, 0.33), (10, 0.40), (20, 0.45), (30, 0.5)):
         guard(_row(step, accuracy, 0.1))
     assert lines == []
+
+
+def test_prefix_names_the_window_set():
+    overlaps = np.array([[[0.75, 0.25, 0.0, 0.0]]])
+    m = position_metrics(np.array([[[0.9, 0.1, 0.0, 0.2]]]), overlaps, prefix="train_")
+    assert m["train_position_accuracy"] == 1.0 and m["train_targets"] == 1
+    assert not any(k.startswith("val_") for k in m)
+
+
+def _pair(step, train, val, n=96):
+    return {**_row(step, val, 0.2), "train_position_accuracy": train, "train_targets": n, "val_targets": n}
+
+
+def test_memorising_needs_a_gap_beyond_noise():
+    assert is_memorising(_pair(0, 0.9, 0.5))
+    assert not is_memorising(_pair(0, 0.55, 0.5))  # within noise at 96 targets
+    assert not is_memorising(_pair(0, 0.62, 0.5))  # 0.12 > 0.1 but below 3 SE (~0.21)
+    assert is_memorising(_pair(0, 0.62, 0.5, n=100000))  # with many targets 0.12 is real
+    assert not is_memorising(_row(0, 0.5, 0.2))  # no training windows: no verdict
+
+
+def test_guard_warns_once_on_memorising_and_names_both_figures():
+    lines = []
+    guard = LearningGuard(lines.append, patience=2)
+    for step, train, val in ((0, 0.35, 0.33), (10, 0.6, 0.45), (20, 0.9, 0.5), (30, 0.95, 0.5)):
+        guard(_pair(step, train, val))
+    memo = [line for line in lines if "memorising" in line]
+    assert len(memo) == 1 and "training windows 0.900" in memo[0] and "held-out windows 0.500" in memo[0]
+    assert "training windows 0.350 -> 0.950" in guard.summary()

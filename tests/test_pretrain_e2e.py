@@ -34,6 +34,9 @@ def test_outputs_exist_and_load_safely(pretrained_toy):
     for r in held_out:
         assert 0 <= r["val_position_accuracy"] <= 1 and r["val_chance"] == pytest.approx(1 / 9)
         assert r["val_chance"] <= r["val_prior"] <= 1
+        # the training-window twin: same protocol, same number of targets, and the gap is their difference
+        assert 0 <= r["train_position_accuracy"] <= 1 and r["train_targets"] == r["val_targets"] == 4 * 24
+        assert r["train_val_gap"] == pytest.approx(r["train_position_accuracy"] - r["val_position_accuracy"])
     config = json.load(open(os.path.join(folder, "config.json")))
     assert len(config["val_cases"]) == 2 and config["crop_size"] == [8, 16, 16] and config["grid"] == [1, 3, 3]
 

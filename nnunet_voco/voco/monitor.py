@@ -7,8 +7,11 @@ measures the pretext task itself on data the run never trains on:
 
 * a few cases are held out of the training stream (:func:`split_cases`: deterministic, by a hash of
   the case name, listed in ``config.json``);
-* a fixed set of windows is drawn from them once (:class:`HeldOutWindows`, fixed seed, the run's
+* a fixed set of windows is drawn from them once (:class:`FixedWindows`, fixed seed, the run's
   crop layout, no augmentation), each with a few target crops;
+* an equal set of fixed windows is drawn, with the same protocol, from cases the run *does* train on
+  (:class:`MonitorWindows`), so that learning can be told from memorising: an encoder that
+  memorises its training cases scores high on their windows and not on the held-out ones;
 * at step 0 and every ``--val_every`` steps the model predicts, for every target crop, the base crop
   it overlaps most (argmax of the intra-volume logits the prediction term trains).
 
@@ -22,9 +25,12 @@ Metrics (:func:`position_metrics`):
     ``val_logit_gap``: mean logit of overlapping minus non-overlapping pairs (0 at collapse).
     ``val_overlap_hit``: share of target crops whose argmax-logit base overlaps them at all (a
     coarser skill than the exact position); ``val_overlap_hit_chance`` is its uniform-guess value.
+    The same metrics on the training-case windows carry the prefix ``train_`` (e.g.
+    ``train_position_accuracy``); ``train_val_gap`` is training minus held-out position accuracy.
 
 :class:`LearningGuard` turns the series into a one-time warning with a concrete suggestion when the
-accuracy has not risen above its step-0 value, or the gap collapses.
+accuracy has not risen above its step-0 value, the gap collapses, or the training windows run far
+ahead of the held-out ones (memorising).
 
 References:
     [0] VoCo, CVPR 2024, arXiv:2402.17300. [1] VoCo TPAMI extension, arXiv:2410.09890.
@@ -32,9 +38,10 @@ References:
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -62,8 +69,8 @@ def split_cases(cases: Sequence[tuple[int, str]], names: Sequence[str], n: int) 
     return [c for c in cases if c not in held], [c for c in cases if c in held]
 
 
-def position_metrics(logits: np.ndarray, overlaps: np.ndarray) -> dict[str, float]:
-    """Position-prediction metrics of ``logits`` against ``overlaps``, both ``(N, S, K)``."""
+def position_metrics(logits: np.ndarray, overlaps: np.ndarray, prefix: str = "val_") -> dict[str, float]:
+    """Position-prediction metrics of ``logits`` against ``overlaps``, both ``(N, S, K)``; keys start with ``prefix``."""
     logits, overlaps = np.asarray(logits, dtype=np.float64), np.asarray(overlaps, dtype=np.float64)
     k = overlaps.shape[-1]
     logits, overlaps = logits.reshape(-1, k), overlaps.reshape(-1, k)
@@ -71,35 +78,42 @@ def position_metrics(logits: np.ndarray, overlaps: np.ndarray) -> dict[str, floa
     is_best = overlaps >= best - 1e-6  # ties: a target centred on a boundary has several best bases
     picked = logits.argmax(axis=1)
     on = overlaps > 0
-    return {
-        "val_position_accuracy": float(is_best[np.arange(len(picked)), picked].mean()),
-        "val_overlap_error": float(np.abs(logits - overlaps)[on].mean()),
-        "val_logit_gap": float(logits[on].mean() - (logits[~on].mean() if (~on).any() else 0.0)),
-        "val_chance": 1.0 / k,
-        "val_prior": float(is_best.mean(axis=0).max()),
-        "val_overlap_hit": float(on[np.arange(len(picked)), picked].mean()),
-        "val_overlap_hit_chance": float(on.mean()),
+    metrics = {
+        "position_accuracy": float(is_best[np.arange(len(picked)), picked].mean()),
+        "overlap_error": float(np.abs(logits - overlaps)[on].mean()),
+        "logit_gap": float(logits[on].mean() - (logits[~on].mean() if (~on).any() else 0.0)),
+        "chance": 1.0 / k,
+        "prior": float(is_best.mean(axis=0).max()),
+        "overlap_hit": float(on[np.arange(len(picked)), picked].mean()),
+        "overlap_hit_chance": float(on.mean()),
+        "targets": int(len(picked)),
     }
+    return {prefix + key: value for key, value in metrics.items()}
 
 
-class HeldOutWindows:
-    """A fixed set of windows from the held-out cases, re-read at every evaluation.
+class FixedWindows:
+    """A fixed set of windows from some cases, re-read at every evaluation.
 
     Only the window positions and target offsets are kept (memory stays small for large crops);
     the windows are read again from the memory-mapped cases when evaluated.
 
     Args:
-        sampler: a :class:`WindowSampler` over the held-out cases (same layout as training).
-        num_windows: windows in the set (spread over the held-out cases in turn).
+        sampler: a :class:`WindowSampler` over the cases (same layout as training).
+        num_windows: windows in the set, spread over the cases in turn; when there are more cases
+            than windows, over evenly spaced cases.
         num_targets: target crops per window.
+        seed: seed of the window positions (fixed: the same windows for every run seed).
     """
 
-    def __init__(self, sampler: WindowSampler, num_windows: int, num_targets: int = 4):
+    def __init__(self, sampler: WindowSampler, num_windows: int, num_targets: int = 4, seed: int = MONITOR_SEED):
         self.sampler = sampler
-        rng = np.random.default_rng(MONITOR_SEED)
+        rng = np.random.default_rng(seed)
+        cases = sampler.cases
+        if len(cases) > num_windows:
+            cases = [cases[i] for i in np.linspace(0, len(cases) - 1, num_windows).round().astype(int)]
         self.specs = []
         for i in range(num_windows):
-            case = sampler.cases[i % len(sampler.cases)]
+            case = cases[i % len(cases)]
             sample = sampler.sample_window(rng, num_targets, case)
             self.specs.append((case, sample["origin"], sample["target_offsets"], sample["overlaps"]))
 
@@ -118,21 +132,58 @@ class HeldOutWindows:
             yield np.stack(targets), np.stack(bases), np.stack(overlaps)
 
 
-def evaluate(model, windows: HeldOutWindows, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Position metrics of ``model`` (a :class:`~nnunet_voco.voco.model.VoCoModel`) on the held-out windows.
+@dataclasses.dataclass(frozen=True)
+class MonitorWindows:
+    """The monitor's two window sets: from held-out cases, and an equal set from training cases.
 
-    Batches have the training batch's number of volumes, so the projector's batch statistics are
-    computed over a batch like the ones it trains on. ``val_seconds`` is the wall time it took.
+    ``training`` is None when the run trains on no case the monitor could use (never in practice:
+    the hold-out always leaves one training case).
     """
-    start = time.perf_counter()
+
+    held_out: FixedWindows
+    training: Optional[FixedWindows]
+
+    @property
+    def num_targets(self) -> int:
+        """Target crops evaluated per set (the denominator of the accuracies)."""
+        return sum(len(spec[2]) for spec in self.held_out.specs)
+
+
+def _logits(model, windows: FixedWindows, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     logits, overlaps = [], []
     for targets, bases, overlap in windows.batches(batch_size):
         out = model.position_logits(torch.from_numpy(targets).to(device), torch.from_numpy(bases).to(device))
         logits.append(out.float().cpu().numpy())
         overlaps.append(overlap)
-    metrics = position_metrics(np.concatenate(logits), np.concatenate(overlaps))
+    return np.concatenate(logits), np.concatenate(overlaps)
+
+
+def evaluate(model, monitor: MonitorWindows, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Position metrics of ``model`` (a :class:`~nnunet_voco.voco.model.VoCoModel`) on both window sets.
+
+    Batches have the training batch's number of volumes, so the projector's batch statistics are
+    computed over a batch like the ones it trains on. Keys: ``val_*`` (held-out windows), ``train_*``
+    (training-case windows), ``train_val_gap`` (training minus held-out position accuracy) and
+    ``val_seconds``, the wall time of both.
+    """
+    start = time.perf_counter()
+    metrics = position_metrics(*_logits(model, monitor.held_out, batch_size, device), prefix="val_")
+    if monitor.training is not None:
+        metrics.update(position_metrics(*_logits(model, monitor.training, batch_size, device), prefix="train_"))
+        metrics["train_val_gap"] = metrics["train_position_accuracy"] - metrics["val_position_accuracy"]
     metrics["val_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def is_memorising(row: dict, min_gap: float = 0.1) -> bool:
+    """True when the training windows' position accuracy exceeds the held-out one by more than
+    ``min_gap`` and by more than 3 standard errors of the difference (binomial, per set of targets)."""
+    if "train_position_accuracy" not in row:
+        return False
+    t, v = row["train_position_accuracy"], row["val_position_accuracy"]
+    n_t, n_v = row.get("train_targets", 1), row.get("val_targets", 1)
+    se = np.sqrt(t * (1 - t) / max(n_t, 1) + v * (1 - v) / max(n_v, 1))
+    return t - v > max(min_gap, 3 * se)
 
 
 class LearningGuard:
@@ -144,8 +195,8 @@ class LearningGuard:
         patience: evaluations after step 0 before the plateau warning can fire.
     """
 
-    def __init__(self, log, min_gain: float = 0.02, patience: int = 3):
-        self.log, self.min_gain, self.patience = log, min_gain, patience
+    def __init__(self, log, min_gain: float = 0.02, patience: int = 3, memorising_gap: float = 0.1):
+        self.log, self.min_gain, self.patience, self.memorising_gap = log, min_gain, patience, memorising_gap
         self.history: list[dict] = []
         self.warned: set[str] = set()
 
@@ -166,6 +217,12 @@ class LearningGuard:
             self.log(f"VoCo: warning: held-out logit gap fell to {row['val_logit_gap']:.4f} at step {row['step']} "
                      f"(step 0: {first['val_logit_gap']:.4f}): the embeddings are collapsing; lower --lr or raise "
                      f"--ema_momentum (e.g. 0.99)")
+        if "memorising" not in self.warned and is_memorising(row, self.memorising_gap):
+            self.warned.add("memorising")
+            self.log(f"VoCo: warning: memorising: position accuracy on training windows "
+                     f"{row['train_position_accuracy']:.3f}, on held-out windows {row['val_position_accuracy']:.3f} "
+                     f"at step {row['step']}; the encoder learns its training cases rather than anatomy that "
+                     f"carries over: pool more cases (voco_preprocess_unlabeled), or stop earlier")
 
     def summary(self) -> str:
         """One line: held-out accuracy at the first and last evaluation, chance and prior."""
@@ -176,4 +233,6 @@ class LearningGuard:
                 f"{b['val_position_accuracy']:.3f} (step {b['step']}), chance {b['val_chance']:.3f}, best constant "
                 f"guess {b['val_prior']:.3f}; logit gap {a['val_logit_gap']:.3f} -> {b['val_logit_gap']:.3f}; argmax base "
                 f"overlaps the target {a.get('val_overlap_hit', float('nan')):.3f} -> {b.get('val_overlap_hit', float('nan')):.3f} (chance "
-                f"{b.get('val_overlap_hit_chance', float('nan')):.3f})")
+                f"{b.get('val_overlap_hit_chance', float('nan')):.3f})"
+                + (f"; training windows {a['train_position_accuracy']:.3f} -> {b['train_position_accuracy']:.3f}"
+                   if "train_position_accuracy" in a and "train_position_accuracy" in b else ""))
