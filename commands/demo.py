@@ -12,8 +12,12 @@ The stages, the split and the re-use rules are documented in :mod:`nnunet_voco.d
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import time
+
+_STARTED = time.perf_counter()  # the wall time a user waits for includes the imports below
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
 
 
 def _default_device() -> str:
@@ -40,19 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="voco_demo_work", metavar="DIR",
                         help="work folder holding nnUNet_raw/_preprocessed/_results and the report "
                              "(default: ./voco_demo_work)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny budget (~3 min on 2 CPU cores) for smoke tests; its Dice values mean little")
+    parser.add_argument("--size", choices=("quick", "default", "full", "gpu"), default=None,
+                        help="run size (default: default). quick: a smoke test whose Dice means nothing; default: "
+                             "fits 2 idle CPU cores in about 20 minutes; full: a budget at which every organ is "
+                             "learned (hours on CPU, resumable); gpu: sized for one GPU (-device cuda). Budgets, "
+                             "wall times and results of each are in README")
+    parser.add_argument("--quick", action="store_true", help="same as --size quick")
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream every command's full output (default: one line per stage; the full output "
+                             "is in DIR/<size>/logs/<stage>.log)")
     parser.add_argument("-device", choices=("cpu", "cuda"), default=None,
                         help="device for pre-training and training (default: cuda if available, else "
                              "cpu). The budget is sized for CPU either way")
     args = parser.parse_args(argv)
+    if args.quick and args.size not in (None, "quick"):
+        parser.error(f"--quick contradicts --size {args.size}; pass one of them")
+    size = "quick" if args.quick else args.size or "default"
 
     from nnunet_voco.demo.workflow import run_demo
     from nnunet_voco.trainers.discovery import ensure_startup_hook
 
     ensure_startup_hook()  # so that nnUNetv2_train/predict find the demo trainers
     try:
-        run_demo(args.out, "quick" if args.quick else "default", args.device or _default_device())
+        run_demo(args.out, size, args.device or _default_device(), args.verbose, _STARTED)
     except RuntimeError as e:
         print(f"voco_demo: error: {e}", file=sys.stderr)
         return 1

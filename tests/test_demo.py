@@ -59,15 +59,21 @@ def test_stages_order_commands_and_matched_trainers(folders):
     assert "pretrain" in by_key["train_frozen_voco_s0"].needs
 
 
-def test_default_preset_trains_four_arms_with_three_seeds(tmp_path):
-    folders = DemoFolders(str(tmp_path), RUN_SIZES["default"])
+@pytest.mark.parametrize("size, arms, suffix", [("default", ("voco", "scratch"), "_demo"),
+                                                ("full", tuple(ARMS), "_demofull"), ("gpu", tuple(ARMS), "_demogpu")])
+def test_run_sizes_train_their_arms_with_three_seeds_on_report_cases_only(tmp_path, size, arms, suffix):
+    folders = DemoFolders(str(tmp_path), RUN_SIZES[size])
     trains = [s for s in build_stages(folders, "cpu") if s.key.startswith("train_")]
-    assert len(trains) == 12 and {s.command(False)[3] for s in trains} == {"0", "1", "2"}
-    assert {s.command(False)[5] for s in trains} == {f"{ARMS[a][0]}_demo" for a in ARMS}
-    p = RUN_SIZES["default"]
+    assert len(trains) == 3 * len(arms) and {s.command(False)[3] for s in trains} == {"0", "1", "2"}
+    assert {s.command(False)[5] for s in trains} == {f"{ARMS[a][0]}{suffix}" for a in arms}
+    p = RUN_SIZES[size]
     assert not set(p.train_seeds + p.heldout_seeds) & set(p.unlabelled_seeds)
-    assert not set(p.train_seeds + p.heldout_seeds + p.unlabelled_seeds) & {*range(500, 506), *range(2000, 2006),
+    assert not set(p.train_seeds + p.heldout_seeds + p.unlabelled_seeds) & {*range(500, 506), *range(2000, 2008),
                                                                              *range(300, 324)}  # tuning seeds
+    from nnunet_voco import trainers
+
+    budgets = {getattr(trainers, ARMS[a][0] + suffix).voco_budget for a in arms}
+    assert len(budgets) == 1  # matched arms
 
 
 def test_interrupted_runs_continue_and_changed_inputs_restart(folders):
@@ -87,7 +93,7 @@ def test_interrupted_runs_continue_and_changed_inputs_restart(folders):
 
 def _marker_stage(tmp_path, key: str, needs: tuple[str, ...] = ()) -> Stage:
     marker = tmp_path / f"{key}.done"
-    script = f"import pathlib; print('running {key}'); pathlib.Path({str(marker)!r}).touch()"
+    script = f"import pathlib; print('running', {key!r}); pathlib.Path({str(marker)!r}).touch()"
     return Stage(key, f"make {marker.name}", lambda fresh: [sys.executable, "-c", script], marker.exists, needs)
 
 
@@ -95,19 +101,54 @@ def test_run_stages_reuses_outputs_unless_an_input_ran(folders, tmp_path, capsys
     stages = [_marker_stage(tmp_path, "a"), _marker_stage(tmp_path, "b", ("a",)), _marker_stage(tmp_path, "c")]
     state = run_stages(stages, folders, load_state(folders))
     assert [state["stages"][k]["reused"] for k in "abc"] == [False, False, False]
-    assert "running b" in capsys.readouterr().out  # streamed
+    out = capsys.readouterr().out
+    assert "running b" not in out and len(out.splitlines()) == 3  # one line per stage; output in the log
+    assert "running b" in open(os.path.join(folders.run, "logs", "b.log")).read()
     (tmp_path / "a.done").unlink()
-    state = run_stages(stages, folders, load_state(folders))
+    state = run_stages(stages, folders, load_state(folders), verbose=True)
     out = capsys.readouterr().out
     assert [state["stages"][k]["reused"] for k in "abc"] == [False, False, True]  # b depends on a, c does not
-    assert out.count("reusing") == 1 and "running b" in out
+    assert out.count("reused") == 1 and "running b" in out  # --verbose streams
     assert load_state(folders)["stages"]["c"]["wall_s"] >= 0  # timings of the run that made the outputs survive
 
 
-def test_failed_stage_names_its_log(folders, tmp_path):
-    failing = Stage("boom", "fail", lambda fresh: [sys.executable, "-c", "raise SystemExit(3)"], lambda: False)
-    with pytest.raises(RuntimeError, match=r"boom failed with exit code 3.*boom\.log"):
+def test_failed_stage_names_its_log_and_shows_its_tail(folders, tmp_path):
+    script = "print('first line'); print('the cause'); raise SystemExit(3)"
+    failing = Stage("boom", "fail", lambda fresh: [sys.executable, "-c", script], lambda: False)
+    with pytest.raises(RuntimeError, match=r"boom failed with exit code 3.*boom\.log(.|\n)*the cause"):
         run_stages([failing], folders, load_state(folders))
+
+
+def test_parallel_jobs_respect_needs_and_run_side_by_side(folders, tmp_path, capsys):
+    def sleeper(key, needs=()):
+        marker = tmp_path / f"{key}.done"
+        script = (f"import pathlib, time; pathlib.Path({str(tmp_path / key)!r} + '.start').write_text(str(time.time())); "
+                  f"time.sleep(1.0); pathlib.Path({str(marker)!r}).touch()")
+        return Stage(key, key, lambda fresh: [sys.executable, "-c", script], marker.exists, needs)
+
+    stages = [sleeper("a"), sleeper("b", ("a",)), sleeper("c", ("a",))]
+    run_stages(stages, folders, load_state(folders), jobs=2)
+    start = {k: float((tmp_path / f"{k}.start").read_text()) for k in "abc"}
+    assert start["b"] - start["a"] >= 1.0 and start["c"] - start["a"] >= 1.0  # both waited for a
+    assert abs(start["b"] - start["c"]) < 0.9  # and then ran side by side
+
+
+def test_tidy_frees_what_a_rerun_does_not_need(folders, tmp_path):
+    from nnunet_voco.demo.stages import PRETRAIN_STATE_FILES
+
+    os.makedirs(folders.pretrain_folder)
+    for name in PRETRAIN_STATE_FILES + ("voco_encoder.pth",):
+        with open(os.path.join(folders.pretrain_folder, name), "wb") as f:
+            f.write(b"x" * 2**20)
+    pretrain = {s.key: s for s in build_stages(folders, "cpu")}["pretrain"]
+    assert pretrain.is_done() and "(2 MiB)" in pretrain.tidy() and pretrain.tidy() == ""
+    assert os.listdir(folders.pretrain_folder) == ["voco_encoder.pth"] and pretrain.is_done()
+
+
+def test_splits_are_written_once(folders):
+    os.makedirs(os.path.join(folders.preprocessed, folders.dataset))
+    assert write_splits(folders).startswith("wrote splits_final.json")
+    assert write_splits(folders) == ""  # a re-run says nothing
 
 
 def test_read_dice(tmp_path):
@@ -126,7 +167,8 @@ def test_read_dice(tmp_path):
     ([0.50, 0.52, 0.54], [0.40, 0.41, 0.42], True, "VoCo beats the baseline by +0.110"),
     ([0.40, 0.50, 0.60], [0.45, 0.45, 0.45], False, "does NOT beat the baseline: difference +0.050"),
     ([0.30, 0.31, 0.32], [0.40, 0.41, 0.42], False, "does NOT beat the baseline: it is worse by -0.100"),
-    ([0.60], [0.40], False, "within 2 standard errors (0.000) over 1 seeds"),
+    ([0.60], [0.40], False, "within 2 SE = 0.000 over 1 seeds"),
+    ([0.50, 0.51, 0.52], [0.48, 0.50, 0.52], False, "within 2 SE = 0.026 over 3 seeds"),
 ])
 def test_verdict_states_plainly_whether_voco_wins(voco, base, better, phrase):
     result = verdict("probe", seed_stats(voco), seed_stats(base))
@@ -159,7 +201,8 @@ def test_table_shows_monitor_both_comparisons_and_costs():
     assert "SYNTHETIC" in table and "0.400 at step 0 -> 0.700 at step 300 (chance 0.111" in table
     assert "frozen-encoder probe" in table and "full fine-tuning" in table and "0.310±0.010" in table
     assert "per-seed mean Dice: frozen VoCo encoder [0.300 0.310 0.320]" in table
-    assert "VoCo does not beat its baseline in either comparison" in table and "reused" in table
+    assert "VoCo does not beat its baseline here: the encoder did learn the pretext" in table and "reused" in table
+    assert "it rose by +0.300 (more than 2 SE" in table
 
 
 def test_pick_slice_prefers_more_classes():

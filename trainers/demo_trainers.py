@@ -17,10 +17,12 @@ identical folds (same training and validation cases), so ``nnUNetv2_train ID 3d_
 X_demo`` is three seeds of one experiment. nnU-Net's augmentation workers are not made
 deterministic: two runs with the same seed differ a little. ``fold == "all"`` uses seed 0.
 
-Budgets (fitted to 2 CPU cores; the timing behind them is in :mod:`nnunet_voco.demo.run_sizes`):
-``_demo`` for the default ``voco_demo`` run, ``_demoquick`` for ``voco_demo --quick`` (a CI smoke
-test; its Dice says nothing). Both run one validation iteration per epoch and no test-time mirroring
-in nnU-Net's final validation and in ``nnUNetv2_predict``, which keeps CPU inference cheap.
+Budgets (what chose them is in :mod:`nnunet_voco.demo.run_sizes`): ``_demo`` for the default
+``voco_demo`` run (2 idle CPU cores, about 20 minutes), ``_demoquick`` for ``--size quick`` (a CI
+smoke test; its Dice says nothing), ``_demofull`` for ``--size full`` (every organ learned; hours on
+CPU) and ``_demogpu`` for ``--size gpu`` (one GPU). All run one validation iteration per epoch and no
+test-time mirroring in nnU-Net's final validation and in ``nnUNetv2_predict``, which keeps CPU
+inference cheap. The variants of one budget differ only in their base class.
 """
 from __future__ import annotations
 
@@ -28,69 +30,60 @@ from nnunet_voco.trainers.frozen_trainers import nnUNetTrainerVoCoFrozen, nnUNet
 from nnunet_voco.trainers.training_budget import TrainingBudget
 from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo, nnUNetTrainerVoCoScratch
 
-__all__ = ["nnUNetTrainerVoCo_demo", "nnUNetTrainerVoCoScratch_demo", "nnUNetTrainerVoCoFrozen_demo",
-           "nnUNetTrainerVoCoFrozenScratch_demo", "nnUNetTrainerVoCo_demoquick", "nnUNetTrainerVoCoScratch_demoquick",
-           "nnUNetTrainerVoCoFrozen_demoquick", "nnUNetTrainerVoCoFrozenScratch_demoquick"]
+__all__ = [f"{base}{suffix}" for suffix in ("_demo", "_demoquick", "_demofull", "_demogpu")
+           for base in ("nnUNetTrainerVoCo", "nnUNetTrainerVoCoScratch", "nnUNetTrainerVoCoFrozen",
+                        "nnUNetTrainerVoCoFrozenScratch")]
 
-DEMO_BUDGET = TrainingBudget(epochs=4, iterations_per_epoch=8, val_iterations_per_epoch=1, batch_size=1)
+DEMO_BUDGET = TrainingBudget(epochs=10, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
 QUICK_BUDGET = TrainingBudget(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=1)
+FULL_BUDGET = TrainingBudget(epochs=60, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
+GPU_BUDGET = TrainingBudget(epochs=60, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
 
 
-class nnUNetTrainerVoCo_demo(nnUNetTrainerVoCo):
+class _DemoRecipe:
+    """What every demo trainer shares besides its budget: fold = seed, one warm-up epoch, no mirroring."""
+
+    voco_warmup_epochs = 1
+    voco_seed_from_fold = True
+    voco_test_time_mirroring = False
+
+
+class nnUNetTrainerVoCo_demo(_DemoRecipe, nnUNetTrainerVoCo):
     """:class:`nnUNetTrainerVoCo` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
-    voco_seed_from_fold = True
-    voco_test_time_mirroring = False
 
 
-class nnUNetTrainerVoCoScratch_demo(nnUNetTrainerVoCoScratch):
+class nnUNetTrainerVoCoScratch_demo(_DemoRecipe, nnUNetTrainerVoCoScratch):
     """:class:`nnUNetTrainerVoCoScratch` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
-    voco_seed_from_fold = True
-    voco_test_time_mirroring = False
 
 
-class nnUNetTrainerVoCoFrozen_demo(nnUNetTrainerVoCoFrozen):
+class nnUNetTrainerVoCoFrozen_demo(_DemoRecipe, nnUNetTrainerVoCoFrozen):
     """:class:`nnUNetTrainerVoCoFrozen` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
-    voco_seed_from_fold = True
-    voco_test_time_mirroring = False
 
 
-class nnUNetTrainerVoCoFrozenScratch_demo(nnUNetTrainerVoCoFrozenScratch):
+class nnUNetTrainerVoCoFrozenScratch_demo(_DemoRecipe, nnUNetTrainerVoCoFrozenScratch):
     """:class:`nnUNetTrainerVoCoFrozenScratch` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
-    voco_seed_from_fold = True
-    voco_test_time_mirroring = False
 
 
-class nnUNetTrainerVoCo_demoquick(nnUNetTrainerVoCo_demo):
-    """:class:`nnUNetTrainerVoCo` at the ``voco_demo --quick`` budget; fold = seed."""
-
-    voco_budget = QUICK_BUDGET
-
-
-class nnUNetTrainerVoCoScratch_demoquick(nnUNetTrainerVoCoScratch_demo):
-    """:class:`nnUNetTrainerVoCoScratch` at the ``voco_demo --quick`` budget; fold = seed."""
-
-    voco_budget = QUICK_BUDGET
+def _at_budget(base: type, suffix: str, budget: TrainingBudget, run: str) -> type:
+    """``base`` (a ``_demo`` class) at another budget, named ``<nnU-Net name><suffix>``."""
+    name = base.__name__.replace("_demo", suffix)
+    return type(name, (base,), {"__doc__": f":class:`{base.__name__}` at the {run} budget; fold = seed.",
+                                "__module__": __name__, "__qualname__": name, "voco_budget": budget})
 
 
-class nnUNetTrainerVoCoFrozen_demoquick(nnUNetTrainerVoCoFrozen_demo):
-    """:class:`nnUNetTrainerVoCoFrozen` at the ``voco_demo --quick`` budget; fold = seed."""
-
-    voco_budget = QUICK_BUDGET
-
-
-class nnUNetTrainerVoCoFrozenScratch_demoquick(nnUNetTrainerVoCoFrozenScratch_demo):
-    """:class:`nnUNetTrainerVoCoFrozenScratch` at the ``voco_demo --quick`` budget; fold = seed."""
-
-    voco_budget = QUICK_BUDGET
+_DEMO = (nnUNetTrainerVoCo_demo, nnUNetTrainerVoCoScratch_demo, nnUNetTrainerVoCoFrozen_demo,
+         nnUNetTrainerVoCoFrozenScratch_demo)
+(nnUNetTrainerVoCo_demoquick, nnUNetTrainerVoCoScratch_demoquick, nnUNetTrainerVoCoFrozen_demoquick,
+ nnUNetTrainerVoCoFrozenScratch_demoquick) = (_at_budget(c, "_demoquick", QUICK_BUDGET, "--size quick") for c in _DEMO)
+(nnUNetTrainerVoCo_demofull, nnUNetTrainerVoCoScratch_demofull, nnUNetTrainerVoCoFrozen_demofull,
+ nnUNetTrainerVoCoFrozenScratch_demofull) = (_at_budget(c, "_demofull", FULL_BUDGET, "--size full") for c in _DEMO)
+(nnUNetTrainerVoCo_demogpu, nnUNetTrainerVoCoScratch_demogpu, nnUNetTrainerVoCoFrozen_demogpu,
+ nnUNetTrainerVoCoFrozenScratch_demogpu) = (_at_budget(c, "_demogpu", GPU_BUDGET, "--size gpu") for c in _DEMO)

@@ -62,3 +62,14 @@ class DemoFolders:
         env.setdefault("nnUNet_n_proc_DA", "1")  # 0 would break nnUNetv2_plan_and_preprocess
         env.pop("nnUNet_voco_weights", None)  # the VoCo trainers must find the demo's own weights
         return env
+
+
+def disk_usage(folder: str) -> int:
+    """Bytes of the regular files under ``folder`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                total += os.path.getsize(path)
+    return total

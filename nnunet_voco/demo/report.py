@@ -14,7 +14,7 @@ import numpy as np
 
 from nnunet_voco.demo.arms import ARMS, COMPARISONS
 from nnunet_voco.demo.figure import plot_demo_figure
-from nnunet_voco.demo.folders import DemoFolders
+from nnunet_voco.demo.folders import DemoFolders, disk_usage
 from nnunet_voco.demo.phantom import SYNTHETIC_NOTE
 from nnunet_voco.demo.results import CLASS_NAMES, monitor_rows, read_budget, read_dice, read_metrics
 
@@ -50,12 +50,12 @@ def verdict(name: str, pretrained: dict, baseline: dict) -> dict:
     diff = pretrained["mean"] - baseline["mean"]
     se = math.sqrt(pretrained["sd"] ** 2 / max(pretrained["n"], 1) + baseline["sd"] ** 2 / max(baseline["n"], 1))
     if diff > 2 * se and pretrained["n"] > 1:
-        text = f"{name}: VoCo beats the baseline by {diff:+.3f} mean Dice (> 2 standard errors, {se:.3f})"
+        text = f"{name}: VoCo beats the baseline by {diff:+.3f} mean Dice (more than 2 SE = {2 * se:.3f})"
     elif diff < -2 * se and pretrained["n"] > 1:
-        text = f"{name}: VoCo does NOT beat the baseline: it is worse by {diff:+.3f} (> 2 standard errors, {se:.3f})"
+        text = f"{name}: VoCo does NOT beat the baseline: it is worse by {diff:+.3f} (more than 2 SE = {2 * se:.3f})"
     else:
-        text = (f"{name}: VoCo does NOT beat the baseline: difference {diff:+.3f} mean Dice is within 2 standard "
-                f"errors ({se:.3f}) over {pretrained['n']} seeds")
+        text = (f"{name}: VoCo does NOT beat the baseline: difference {diff:+.3f} mean Dice is within 2 SE = "
+                f"{2 * se:.3f} over {pretrained['n']} seeds")
     return {"difference": diff, "standard_error": se, "voco_better": bool(diff > 2 * se and pretrained["n"] > 1),
             "text": text}
 
@@ -84,33 +84,74 @@ def collect_results(folders: DemoFolders, state: dict, device: str) -> dict:
     """
     rows = read_metrics(folders.pretrain_folder)
     losses = [r for r in rows if "loss" in r]
-    dice = {arm: _arm_dice(folders, arm) for arm in ARMS}
     p = folders.run_size
+    dice = {arm: _arm_dice(folders, arm) for arm in p.arms}
     return {
         "synthetic": True, "note": SYNTHETIC_NOTE, "preset": p.name, "device": device,
         "dataset": folders.dataset, "pool": folders.pool, "train_cases": folders.train_ids(),
         "heldout_cases": folders.heldout_ids(), "seeds": list(p.seeds), "dice": dice,
-        "verdicts": {f"{a}_vs_{b}": verdict(name, dice[a]["mean"], dice[b]["mean"]) for name, a, b in COMPARISONS},
-        "budget": read_budget(folders.fold_folder("voco", p.seeds[0])),
-        "pretraining": {"steps": p.pretrain_steps, "lr": p.pretrain_lr, "folder": folders.pretrain_folder,
+        "verdicts": {f"{a}_vs_{b}": verdict(name, dice[a]["mean"], dice[b]["mean"])
+                     for name, a, b in comparisons(p.arms)},
+        "budget": read_budget(folders.fold_folder(p.arms[0], p.seeds[0])),
+        "disk_mib": round(disk_usage(folders.work) / 2**20, 1),
+        "pretraining": {"steps": p.pretrain_steps, "lr": p.pretrain_lr, "batch_size": p.pretrain_batch_size,
+                        "folder": folders.pretrain_folder,
                         "first_loss": losses[0]["loss"] if losses else None,
                         "last_loss": losses[-1]["loss"] if losses else None, "monitor": monitor_rows(rows)},
         "stages": state["stages"],
     }
 
 
+def comparisons(arms: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """The comparisons of :data:`COMPARISONS` whose two arms are both trained."""
+    return [(name, a, b) for name, a, b in COMPARISONS if a in arms and b in arms]
+
+
+def pretext_gain(monitor: list[dict]) -> tuple[float, float] | None:
+    """Held-out position accuracy gain from the first to the last evaluation and its standard error
+    (binomial, both evaluations on the same ``val_targets`` target crops), or None without rows."""
+    if len(monitor) < 2:
+        return None
+    first, last = monitor[0]["val_position_accuracy"], monitor[-1]["val_position_accuracy"]
+    n = max(monitor[-1].get("val_targets", 96), 1)
+    return last - first, math.sqrt((first * (1 - first) + last * (1 - last)) / n)
+
+
 def monitor_text(monitor: list[dict]) -> str:
-    """One line on what the held-out position monitor says (step 0 vs the end, chance, prior)."""
+    """One line on what the position monitor says (step 0 vs the end, chance, prior, training windows)."""
     if not monitor:
         return "pre-training monitor: no held-out rows in metrics.jsonl (--val_cases 0?)"
     first, last = monitor[0], monitor[-1]
     nan = float("nan")
-    learned = "rose above" if last["val_position_accuracy"] > first["val_position_accuracy"] else "did NOT rise above"
+    gain = pretext_gain(monitor)
+    if gain is None:
+        learned = ""
+    elif gain[0] > 2 * gain[1]:
+        learned = f"; it rose by {gain[0]:+.3f} (more than 2 SE = {2 * gain[1]:.3f})"
+    else:
+        learned = f"; the change {gain[0]:+.3f} is within 2 SE = {2 * gain[1]:.3f}"
+    train = (f"; on training-case windows {first['train_position_accuracy']:.3f} -> "
+             f"{last['train_position_accuracy']:.3f}" if "train_position_accuracy" in first
+             and "train_position_accuracy" in last else "")
     return (f"pre-training monitor: held-out position accuracy {first['val_position_accuracy']:.3f} at step "
             f"{first['step']} -> {last['val_position_accuracy']:.3f} at step {last['step']} (chance "
-            f"{last.get('val_chance', nan):.3f}, best constant guess {last.get('val_prior', nan):.3f}); it {learned} "
-            f"its step-0 value; logit gap {first.get('val_logit_gap', nan):.3f} -> "
-            f"{last.get('val_logit_gap', nan):.3f}")
+            f"{last.get('val_chance', nan):.3f}, best constant guess {last.get('val_prior', nan):.3f}){learned}{train}")
+
+
+def closing_text(results: dict) -> str:
+    """The last line of the table: what the comparisons and the monitor say together."""
+    verdicts = results["verdicts"].values()
+    if any(v["voco_better"] for v in verdicts):
+        return "VoCo beats its baseline in at least one comparison above (difference of means beyond 2 SE)."
+    gain = pretext_gain(results["pretraining"]["monitor"])
+    if gain is None:
+        why = "the pre-training monitor was off, so nothing says whether the encoder learned the pretext"
+    elif gain[0] > 2 * gain[1]:
+        why = ("the encoder did learn the pretext (held-out position accuracy rose beyond 2 SE), but at this "
+               "fine-tuning budget that did not carry over into Dice")
+    else:
+        why = "the pretext barely moved (within 2 SE of the untrained encoder), so little could carry over"
+    return f"VoCo does not beat its baseline here: {why}."
 
 
 def _ms(stats: dict) -> str:
@@ -148,15 +189,15 @@ def format_table(results: dict) -> str:
              f"Dice = nnU-Net's final validation on {len(results['heldout_cases'])} held-out cases (mean over cases), "
              f"per seed; pre-training saw only the unlabelled pool",
              monitor_text(results["pretraining"]["monitor"])]
-    for name, a, b in COMPARISONS:
+    for name, a, b in comparisons(tuple(results["dice"])):
         lines += _comparison_lines(results, name, a, b)
-    if not any(v["voco_better"] for v in results["verdicts"].values()):
-        lines.append("VoCo does not beat its baseline in either comparison here; see the monitor line above.")
+    lines.append(closing_text(results))
     budget = results["budget"]
     if budget:
         lines.append(f"Budget (every arm): {budget.get('num_epochs')} epochs x "
                      f"{budget.get('num_iterations_per_epoch')} iterations, batch size {budget.get('batch_size')}; "
-                     f"pre-training {results['pretraining']['steps']} steps")
+                     f"pre-training {results['pretraining']['steps']} steps of "
+                     f"{results['pretraining'].get('batch_size', 1)} volume(s)")
     lines += ["Time per stage, from the run that made its outputs (CPU s: all its processes; load: 1-min load",
               f"average at its end on this {os.cpu_count()}-CPU machine; other work on the machine inflates wall s)",
               f"  {'stage':<22} {'wall s':>7} {'CPU s':>7} {'load':>5}  status"]

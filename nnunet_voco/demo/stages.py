@@ -45,8 +45,9 @@ from nnunet_voco import artifacts
 from nnunet_voco.demo.arms import ARMS, PRETRAINED_ARMS
 from nnunet_voco.demo.folders import CONFIGURATION, PLANS, DemoFolders
 from nnunet_voco.demo.phantom import write_nnunet_raw_dataset
-from nnunet_voco.demo.run_sizes import PRETRAIN_AUGMENTATION, PRETRAIN_BATCH_SIZE
+from nnunet_voco.demo.run_sizes import PRETRAIN_AUGMENTATION
 from nnunet_voco.pool.provenance import PROVENANCE_FILE
+from nnunet_voco.storage.atomic_files import write_json_atomic
 
 N_SPLIT_FOLDS = 6  # identical folds: 0-2 for the report, 3-5 for tuning
 
@@ -64,6 +65,8 @@ class Stage:
         needs: Keys of the stages whose outputs this one reads.
         action: Runs the step in this process instead of ``command`` (same effect, no start-up cost).
         after: In-process follow-up run after the command and on reuse (idempotent); returns what it did.
+        tidy: Removes, after the stage and on reuse, files that neither a re-run nor the report needs
+            (idempotent); returns what it freed, or "".
     """
 
     key: str
@@ -73,6 +76,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     action: Callable[[], None] | None = None
     after: Callable[[], str] | None = None
+    tidy: Callable[[], str] | None = None
 
 
 def _count_cases(folder: str) -> int:
@@ -135,11 +139,13 @@ def write_splits(folders: DemoFolders) -> str:
     """
     fold = {"train": folders.train_ids(), "val": folders.heldout_ids()}
     path = os.path.join(folders.preprocessed, folders.dataset, "splits_final.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump([fold] * N_SPLIT_FOLDS, f, indent=2)
-    return (f"wrote {path}: {N_SPLIT_FOLDS} identical folds (fold = seed of the demo trainers), each training on "
-            f"{len(fold['train'])} labelled cases and validating on the {len(fold['val'])} held-out cases "
-            f"{fold['val'][0]}..{fold['val'][-1]}")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            if json.load(f) == [fold] * N_SPLIT_FOLDS:
+                return ""  # already written by an earlier run: nothing to say
+    write_json_atomic(path, [fold] * N_SPLIT_FOLDS)
+    return (f"wrote splits_final.json: {N_SPLIT_FOLDS} identical folds (fold = seed), {len(fold['train'])} training "
+            f"cases, validation on the {len(fold['val'])} held-out cases")
 
 
 def build_stages(folders: DemoFolders, device: str) -> list[Stage]:
@@ -153,26 +159,45 @@ def build_stages(folders: DemoFolders, device: str) -> list[Stage]:
         The stages; each one's ``needs`` refers to earlier stages only. Training stages are ordered
         seed-major, so an interrupted run already holds every arm of the first seeds.
     """
-    ds = str(folders.run_size.dataset_id)
+    ds, np = str(folders.run_size.dataset_id), str(folders.run_size.processes)
     stages = [
         Stage("data", "write the synthetic phantom in nnU-Net raw format",
               lambda fresh: ["python", "-c", _phantom_call(folders)],
               lambda: _phantom_is_current(folders), action=lambda: _write_phantom(folders)),
         Stage("plan", "plan and preprocess the labelled phantom (nnU-Net)",
-              lambda fresh: ["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", CONFIGURATION, "-np", "1", "-npfp", "1"],
+              lambda fresh: ["nnUNetv2_plan_and_preprocess", "-d", ds, "-c", CONFIGURATION, "-np", np, "-npfp", np],
               lambda: _is_planned(folders), ("data",), after=lambda: write_splits(folders)),
         Stage("pool", "preprocess the unlabelled images with the target's plans",
               lambda fresh: ["voco_preprocess_unlabeled", "-i", os.path.join(folders.raw_dataset, "imagesUnlabelled"),
-                             "-d", ds, "-o", str(folders.run_size.pool_id), "-np", "1"],
+                             "-d", ds, "-o", str(folders.run_size.pool_id), "-np", np],
               lambda: _is_pooled(folders), ("plan",)),
         Stage("pretrain", "VoCo pre-training on the unlabelled pool only, with the held-out position monitor",
               lambda fresh: _pretrain_command(folders, device, fresh),
-              lambda: os.path.isfile(os.path.join(folders.pretrain_folder, artifacts.ENCODER_FILE)), ("pool",)),
+              lambda: os.path.isfile(os.path.join(folders.pretrain_folder, artifacts.ENCODER_FILE)), ("pool",),
+              tidy=lambda: _remove(folders.pretrain_folder, PRETRAIN_STATE_FILES)),
     ]
     for seed in folders.run_size.seeds:
-        for arm in ARMS:
+        for arm in folders.run_size.arms:
             stages.append(_train_stage(folders, arm, seed, device))
     return stages
+
+
+# What a finished stage leaves that neither a re-run nor the report reads. Pre-training: the resumable
+# states (the trainers read voco_encoder.pth). Training: nnU-Net's best-epoch checkpoint (the report
+# reads the final validation; checkpoint_final.pth stays, so nnUNetv2_predict works on every run).
+PRETRAIN_STATE_FILES = ("checkpoint_latest.pth", "checkpoint_final.pth")
+TRAIN_SPARE_FILES = ("checkpoint_best.pth", "checkpoint_latest.pth")
+
+
+def _remove(folder: str, names: tuple[str, ...]) -> str:
+    """Deletes ``names`` from ``folder`` when present; returns "freed N MiB" or ""."""
+    freed = 0
+    for name in names:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            freed += os.path.getsize(path)
+            os.remove(path)
+    return f"removed {', '.join(names)} ({freed / 2**20:.0f} MiB) that a re-run does not need" if freed else ""
 
 
 def _is_pooled(folders: DemoFolders) -> bool:
@@ -183,11 +208,12 @@ def _is_pooled(folders: DemoFolders) -> bool:
 
 
 def _pretrain_command(folders: DemoFolders, device: str, fresh: bool) -> list[str]:
-    """``voco_pretrain -d POOL`` with the run size's crops, steps and monitor; one volume per step (CPU)."""
+    """``voco_pretrain -d POOL`` with the run size's crops, steps, volumes per step and monitor."""
     p = folders.run_size
     return (["voco_pretrain", "-d", str(p.pool_id), "-device", device, "--num_steps", str(p.pretrain_steps),
              "--lr", str(p.pretrain_lr), "--crop_size", *map(str, p.crop_size), "--grid", *map(str, p.grid),
-             "--batch_size", str(PRETRAIN_BATCH_SIZE), "--num_workers", "1", *PRETRAIN_AUGMENTATION,
+             "--batch_size", str(p.pretrain_batch_size), "--num_workers", str(p.pretrain_workers),
+             *PRETRAIN_AUGMENTATION,
              "--val_cases", str(p.val_cases), "--val_every", str(p.val_every), "--val_windows", str(p.val_windows),
              "--log_every", str(max(1, p.pretrain_steps // 40)), "--save_every", str(max(1, p.pretrain_steps // 4))]
             + _resume_flag(folders.pretrain_folder, fresh))
@@ -215,4 +241,5 @@ def _train_stage(folders: DemoFolders, arm: str, seed: int, device: str) -> Stag
     return Stage(f"train_{arm}_s{seed}", f"{ARMS[arm][1]}, seed (fold) {seed}; Dice on the held-out cases",
                  lambda fresh: ["nnUNetv2_train", ds, CONFIGURATION, str(seed), "-tr", trainer, "-device", device]
                  + _train_flags(fold, fresh),
-                 lambda: os.path.isfile(folders.summary(arm, seed)), needs)
+                 lambda: os.path.isfile(folders.summary(arm, seed)), needs,
+                 tidy=lambda: _remove(fold, TRAIN_SPARE_FILES))
