@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                              "learned (hours on CPU, resumable); gpu: sized for one GPU (-device cuda). Budgets, "
                              "wall times and results of each are in README")
     parser.add_argument("--quick", action="store_true", help="same as --size quick")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="print every stage and its command without running or writing anything (rehearses "
+                             "e.g. --size gpu -device cuda on a CPU machine)")
     parser.add_argument("--verbose", action="store_true",
                         help="stream every command's full output (default: one line per stage; the full output "
                              "is in DIR/<size>/logs/<stage>.log)")
@@ -61,7 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--quick contradicts --size {args.size}; pass one of them")
     size = "quick" if args.quick else args.size or "default"
 
-    from nnunet_voco.demo.workflow import run_demo
+    from nnunet_voco.demo.workflow import dry_run, run_demo
+
+    if args.dry_run:
+        print("\n".join(dry_run(args.out, size, args.device or "cpu")))
+        return 0
     from nnunet_voco.trainers.discovery import ensure_startup_hook
 
     ensure_startup_hook()  # so that nnUNetv2_train/predict find the demo trainers

@@ -18,7 +18,8 @@ from nnunet_voco.demo.phantom import LABELS
 CLASS_NAMES = {str(v): k for k, v in LABELS.items() if v > 0}
 LOSS_TERMS = ("loss", "pos", "neg", "reg", "inter")
 MONITOR_KEYS = ("val_position_accuracy", "val_overlap_error", "val_logit_gap", "val_chance", "val_prior",
-                "val_overlap_hit", "train_position_accuracy", "train_overlap_hit", "train_val_gap")
+                "val_overlap_hit", "val_targets", "train_position_accuracy", "train_overlap_hit", "train_val_gap",
+                "train_targets")
 
 
 def _number(value: float | None) -> float | None:

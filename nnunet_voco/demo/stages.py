@@ -183,21 +183,22 @@ def build_stages(folders: DemoFolders, device: str) -> list[Stage]:
 
 
 # What a finished stage leaves that neither a re-run nor the report reads. Pre-training: the resumable
-# states (the trainers read voco_encoder.pth). Training: nnU-Net's best-epoch checkpoint (the report
+# states and the stock-nnU-Net copy of the weights (the demo's trainers read voco_encoder.pth). Training: nnU-Net's best-epoch checkpoint (the report
 # reads the final validation; checkpoint_final.pth stays, so nnUNetv2_predict works on every run).
-PRETRAIN_STATE_FILES = ("checkpoint_latest.pth", "checkpoint_final.pth")
+PRETRAIN_STATE_FILES = ("checkpoint_latest.pth", "checkpoint_final.pth", "pretrained_network.pth")
 TRAIN_SPARE_FILES = ("checkpoint_best.pth", "checkpoint_latest.pth")
 
 
 def _remove(folder: str, names: tuple[str, ...]) -> str:
     """Deletes ``names`` from ``folder`` when present; returns "freed N MiB" or ""."""
-    freed = 0
+    freed, removed = 0, []
     for name in names:
         path = os.path.join(folder, name)
         if os.path.isfile(path):
             freed += os.path.getsize(path)
             os.remove(path)
-    return f"removed {', '.join(names)} ({freed / 2**20:.0f} MiB) that a re-run does not need" if freed else ""
+            removed.append(name)
+    return f"removed {', '.join(removed)} ({freed / 2**20:.0f} MiB), which a re-run does not need" if removed else ""
 
 
 def _is_pooled(folders: DemoFolders) -> bool:

@@ -224,6 +224,29 @@ def _describe(folders: DemoFolders, device: str) -> str:
             f"Every command below runs with:\n  export {exports}")
 
 
+def dry_run(work: str, run_size: str, device: str) -> list[str]:
+    """What :func:`run_demo` would run, without running or writing anything: one line per stage.
+
+    Args:
+        work: Work folder (only read: stages whose outputs exist there are marked "reuse").
+        run_size: A key of :data:`nnunet_voco.demo.run_sizes.RUN_SIZES`.
+        device: ``cpu`` or ``cuda``; not checked, so a GPU run can be rehearsed on a CPU machine.
+
+    Returns:
+        The lines printed: the description, then per stage its number, key, what it needs and its
+        command.
+    """
+    folders = DemoFolders(work, RUN_SIZES[run_size])
+    stages = build_stages(folders, device)
+    lines = [_describe(folders, device), f"dry run: {len(stages)} stages, up to {folders.run_size.jobs} at once; "
+             "nothing is run or written"]
+    for i, stage in enumerate(stages, 1):
+        status = "reuse" if stage.is_done() else "run"
+        needs = f" (after {', '.join(stage.needs)})" if stage.needs else ""
+        lines.append(f"[{i}/{len(stages)}] {stage.key}{needs}: {status} $ {shlex.join(stage.command(False))}")
+    return lines
+
+
 def run_demo(work: str, run_size: str = "default", device: str = "cpu", verbose: bool = False,
              started: float | None = None) -> dict:
     """Runs (or resumes) the whole demo and writes its report.
