@@ -266,3 +266,24 @@ def test_second_quick_run_reuses_every_stage(quick_demo):
     assert wall < first_wall / 3, (wall, first_wall)
     with open(os.path.join(out, "quick", "results.json")) as f:
         assert all(r["reused"] for r in json.load(f)["stages"].values())
+
+
+def test_dry_run_lists_every_stage_of_the_gpu_size_and_writes_nothing(tmp_path, capsys):
+    from nnunet_voco.commands.demo import main
+
+    out = tmp_path / "work"
+    assert main(["--size", "gpu", "--dry_run", "-device", "cuda", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stages = [line for line in lines if line.startswith("[")]
+    assert len(stages) == 4 + 3 * 4 and "up to 6 at once" in "\n".join(lines)
+    assert "--num_steps 10000" in stages[3] and "-device cuda" in stages[3]
+    assert stages[5].startswith("[6/16] train_frozen_scratch_s0 (after plan): run $ nnUNetv2_train 861")
+    assert not out.exists()
+
+
+def test_quick_contradicting_size_is_a_usage_error(tmp_path):
+    from nnunet_voco.commands.demo import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--quick", "--size", "full", "--out", str(tmp_path)])
+    assert e.value.code == 2
