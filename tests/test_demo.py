@@ -238,6 +238,12 @@ def test_quick_demo_writes_table_figure_and_results(quick_demo):
     assert "SYNTHETIC" in proc.stdout and "$ nnUNetv2_train 831 3d_fullres 0 -tr nnUNetTrainerVoCoFrozen" in proc.stdout
     assert "held-out position accuracy" in proc.stdout and "frozen-encoder probe" in proc.stdout
     assert "full fine-tuning" in proc.stdout and "Time per stage" in proc.stdout
+    # quiet: one line per stage plus the report; nnU-Net's own output went to the stage logs
+    assert len(proc.stdout.splitlines()) < 70 and "Epoch 0" not in proc.stdout, proc.stdout
+    assert "Epoch 0" in open(os.path.join(out, "quick", "logs", "train_voco_s0.log")).read()
+    assert "the work folder" in proc.stdout and not any(
+        f in os.listdir(os.path.join(out, "nnUNet_results", "Dataset832_VoCoDemoQuickUnlabeled", "VoCo__nnUNetPlans__3d_fullres"))
+        for f in ("checkpoint_latest.pth", "checkpoint_final.pth"))
     with open(os.path.join(out, "quick", "results.json")) as f:
         results = json.load(f)
     assert results["synthetic"] is True
@@ -261,7 +267,7 @@ def test_second_quick_run_reuses_every_stage(quick_demo):
     start = time.perf_counter()
     second = run(["voco_demo", "--quick", "--out", out, "-device", "cpu"], dict(os.environ), timeout=600)
     wall = time.perf_counter() - start
-    assert second.stdout.count("reusing the outputs") == 8
+    assert second.stdout.count("reused (outputs of an earlier run)") == 8
     assert "$ nnUNetv2" not in second.stdout
     assert wall < first_wall / 3, (wall, first_wall)
     with open(os.path.join(out, "quick", "results.json")) as f:
