@@ -31,6 +31,7 @@ setup(
         "nnunet_voco.encoders",
         "nnunet_voco.nnunet",
         "nnunet_voco.finetune",
+        "nnunet_voco.weights",
         "nnunet_voco.storage",
         "nnunet_voco.pool",
         "nnunet_voco.demo",

@@ -40,7 +40,6 @@ class nnUNetTrainerVoCo_demo(nnUNetTrainerVoCo):
     """:class:`nnUNetTrainerVoCo` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
 
@@ -49,7 +48,6 @@ class nnUNetTrainerVoCoScratch_demo(nnUNetTrainerVoCoScratch):
     """:class:`nnUNetTrainerVoCoScratch` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
 
@@ -58,7 +56,6 @@ class nnUNetTrainerVoCoFrozen_demo(nnUNetTrainerVoCoFrozen):
     """:class:`nnUNetTrainerVoCoFrozen` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
 
@@ -67,7 +64,6 @@ class nnUNetTrainerVoCoFrozenScratch_demo(nnUNetTrainerVoCoFrozenScratch):
     """:class:`nnUNetTrainerVoCoFrozenScratch` at the default ``voco_demo`` budget; fold = seed."""
 
     voco_budget = DEMO_BUDGET
-    voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
 
