@@ -68,6 +68,8 @@ setup(
             "voco_pretrain=nnunet_voco.pretrain.cli:main",
             "voco_preprocess_unlabeled=nnunet_voco.commands.preprocess_unlabeled:main",
             "voco_import_weights=nnunet_voco.commands.import_weights:main",
+            "voco_plan_like=nnunet_voco.commands.plan_like:main",
+            "voco_export_weights=nnunet_voco.commands.export_weights:main",
             "voco_demo=nnunet_voco.commands.demo:main",
         ]
     },

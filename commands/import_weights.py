@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 2 bad input (nothing written), 3 disk full / not writable."""
     parser = _parser()
     args = parser.parse_args(argv)
+    from nnunet_voco.trainers.discovery import ensure_startup_hook
+
+    ensure_startup_hook()  # the next commands are nnUNetv2_train -tr nnUNetTrainerVoCo
     if not args.inspect and not args.output:
         parser.error("-o OUTPUT is required (or --inspect)")
     if args.dataset is not None and not args.inspect:

@@ -126,7 +126,8 @@ class Tally:
     def summary(self) -> str:
         """``N tensors in the file: a imported (...), b kept (...), c skipped (...)``."""
         by_action: "OrderedDict[str, list[str]]" = OrderedDict()
-        for group, (n, action) in self.groups.items():
+        ordered = sorted(self.groups.items(), key=lambda item: (item[1][1] != "imported", item[1][1] == "skipped"))
+        for group, (n, action) in ordered:
             by_action.setdefault(action, []).append(f"{group} {n}")
         parts = [f"{sum(int(g.rsplit(' ', 1)[1]) for g in gs)} {a} ({', '.join(gs)})" for a, gs in by_action.items()]
         return f"{self.total} tensors in the file: " + "; ".join(parts)
