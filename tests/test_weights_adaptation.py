@@ -323,13 +323,16 @@ def test_init_with_another_projector_width_starts_it_fresh(tmp_path):
                                "56 -> 32 -> 32 -> 32")
 
 
-def test_init_with_plans_of_another_topology_names_voco_plan_like(tmp_path):
+@pytest.mark.parametrize("change, reason", [
+    ({"kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]}, "kernels averaged over spatial axis 0"),
+    ({"features_per_stage": [8, 16, 48]}, "stage 2 is 32 channels wide in the weights but 48 in the target")])
+def test_init_with_plans_of_another_topology_or_width_names_voco_plan_like(tmp_path, change, reason):
     from nnunet_voco.nnunet import UserInputError
     from nnunet_voco.weights.pretrain_init import initialise_from
 
-    model, bundle = _model(kwargs={**SMALL, "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]]})
+    model, bundle = _model(kwargs={**SMALL, **change})
     path = _imported(tmp_path)
-    with pytest.raises(UserInputError, match=rf"run `voco_plan_like {path} -d 990 -p P`"):
+    with pytest.raises(UserInputError, match=rf"{reason}.*run `voco_plan_like {path} -d 990 -p P`"):
         initialise_from(model, bundle, path, _source_dataset(tmp_path), "P", "3d_fullres")
 
 

@@ -154,21 +154,27 @@ def _own(obj: dict, file: str, record: dict, in_channels: int | None) -> ImportR
     check_schema(obj, file, ENCODER_FORMAT)
     meta, encoder = dict(obj["meta"]), dict(obj["encoder"])
     tally = Tally()
-    tally.add("encoder state-dict keys", len(encoder), "imported")
+    for group, entry in ((meta.get("imported") or {}).get("tensors") or {}).items():  # the original import's
+        tally.add(group, entry["count"], entry["action"])
+    if not tally.groups:
+        tally.add("encoder state-dict keys", len(encoder), "imported")
     if in_channels is not None and in_channels != meta.get("num_input_channels"):
         raise WeightsFileError(f"{file} is already an nnunet-voco encoder; its input channels are adapted when it is "
                                f"loaded, so drop --in_channels")
     heads = obj.get("heads") or {}
-    for name, head in heads.items():
-        tally.add(f"{name} head", len(head), "kept for voco_pretrain --init")
+    if not meta.get("imported"):
+        for name, head in heads.items():
+            tally.add(f"{name} head", len(head), "kept for voco_pretrain --init")
     record.update(source_format="nnunet-voco encoder", trainer_name=meta.get("preset"),
                   architecture_source="nnunet-voco metadata", pretrain_dataset=", ".join(meta.get("datasets") or [])
                   or meta.get("pretrained_on"), spacing=meta.get("spacing"),
                   normalization_schemes=meta.get("normalization_schemes"), patch_size=meta.get("crop_size"),
                   input_channels=meta.get("num_input_channels"), tensors=tally.to_dict())
+    notes = [f"file: an nnunet-voco encoder ({file}); the import record above is the original one"] \
+        if meta.get("imported") else []
     meta.setdefault("imported", record)
     meta.setdefault("citations", default_citations("nnunet-voco encoder", None))
-    return ImportResult(encoder, heads, meta, tally)
+    return ImportResult(encoder, heads, meta, tally, notes)
 
 
 def _swin(obj: dict, file: str, record: dict, in_channels: int | None, feature_size: int | None) -> ImportResult:

@@ -13,9 +13,13 @@ the widths and blocks of the weights; the trainer then averages kernels and leav
 
 The patch size: nnU-Net's own search with the topology held fixed. It starts from the aspect ratio of
 the spacing at 256^3 voxels, clipped to the median shape (the base patch for ``topology="dataset"``),
-rounded up to multiples of the total stride, and shrinks the axis that is largest relative to the
-median shape by one stride until the network's feature maps fit the planner's GPU-memory target
-(:mod:`nnunet_voco.nnunet.planner_budget`); the batch size follows nnU-Net's rule.
+rounded to the nearest multiple of the total stride (at least one), and shrinks the axis that is
+largest relative to the median shape by one stride until the network's feature maps fit the planner's
+GPU-memory target (:mod:`nnunet_voco.nnunet.planner_budget`); the batch size follows nnU-Net's rule. The
+deepest feature map must hold more than one voxel (instance norm cannot train on one): a patch of one
+stride per axis grows by a stride along the axis with the most room. Where nnU-Net's own topology
+adapts its depth to a small image, a fixed topology cannot: a small dataset gets a patch larger than its
+images (nnU-Net pads them), which is the price of loading the weights 1:1.
 """
 from __future__ import annotations
 
@@ -69,7 +73,7 @@ def search_patch(architecture: dict, spacing, median_shape, in_channels: int, nu
     if start is None:
         inverse = 1 / np.asarray(spacing, dtype=float)
         start = np.minimum(np.round(inverse * (256 ** 3 / np.prod(inverse)) ** (1 / 3)), median)
-    patch = [int(max(d, np.ceil(p / d) * d)) for p, d in zip(start, divisor)]
+    patch = [int(max(d, np.round(p / d) * d)) for p, d in zip(start, divisor)]
     estimate = float(net.compute_conv_feature_map_size(patch))
     while not budget.fits(estimate):
         axes = [a for a in range(3) if patch[a] > divisor[a]]
@@ -77,6 +81,10 @@ def search_patch(architecture: dict, spacing, median_shape, in_channels: int, nu
             break  # the smallest patch the strides allow: nnU-Net would not train it with batch 2 either
         axis = max(axes, key=lambda a: patch[a] / median[a])
         patch[axis] -= int(divisor[axis])
+        estimate = float(net.compute_conv_feature_map_size(patch))
+    while np.prod(np.asarray(patch) // divisor) < 2:  # instance norm trains only on more than one deepest voxel
+        axis = max(range(3), key=lambda a: median[a] / patch[a])
+        patch[axis] += int(divisor[axis])
         estimate = float(net.compute_conv_feature_map_size(patch))
     batch = budget.batch_size(estimate, float(np.prod(patch)), float(np.prod(median)))
     return patch, batch, estimate
@@ -131,7 +139,7 @@ def plans_like(meta: dict, weights_path: str, target: TargetPlans, plans_name: s
              f"spacing {spacing} ({'pre-training' if spacing_source == 'pretraining' else target.plans_name + ', kept'}), "
              f"normalisation {base['normalization_schemes']} (kept), median shape {median}",
              f"patch {patch}, batch {batch} ({budget.planner}'s {budget.vram_gb:g} GB target: feature maps "
-             f"{estimate / 1e6:.0f} M voxels, budget {budget.reference * budget.reference_batch / 2 / 1e6:.0f} M)"]
+             f"{estimate / 1e6:.1f} M feature-map elements per patch, limit {budget.reference * budget.reference_batch / 2 / 1e6:.0f} M)"]
     return PlanLike(plans, plans_name, lines, identifier)
 
 
