@@ -347,6 +347,28 @@ def test_init_refuses_a_file_that_is_not_ours(tmp_path):
         initialise_from(model, bundle, src, _source_dataset(tmp_path), "P", "3d_fullres")
 
 
+def test_init_of_a_swin_encoder_and_a_feature_size_mismatch(tmp_path):
+    from nnunet_voco.artifacts import write_encoder
+    from nnunet_voco.encoders.swin import build_swin_encoder
+    from nnunet_voco.nnunet import UserInputError
+    from nnunet_voco.voco.loss import VoCoLoss
+    from nnunet_voco.voco.model import VoCoModel
+    from nnunet_voco.weights.pretrain_init import initialise_from
+
+    torch.manual_seed(3)
+    source = build_swin_encoder(1, 12)
+    write_encoder(str(tmp_path / "swin.pth"), source.state_fn(), source.meta)
+    bundle = build_swin_encoder(1, 12)
+    model = VoCoModel(bundle, "v2", VoCoLoss("v2"))
+    lines = initialise_from(model, bundle, str(tmp_path / "swin.pth"), _source_dataset(tmp_path), "P", "3d_fullres")
+    assert all(torch.equal(v, source.state_fn()[k]) for k, v in bundle.state_fn().items())
+    assert "--init: loaded" in lines[0] and "no projector" in lines[1]
+    other = build_swin_encoder(1, 24)
+    with pytest.raises(UserInputError, match="--swin_feature_size the weights were made with"):
+        initialise_from(VoCoModel(other, "v2", VoCoLoss("v2")), other, str(tmp_path / "swin.pth"),
+                        _source_dataset(tmp_path), "P", "3d_fullres")
+
+
 def test_init_is_not_part_of_the_resume_identity():
     from nnunet_voco.pretrain.config import IDENTITY_FIELDS, SCHEDULE_FIELDS, PretrainConfig
 

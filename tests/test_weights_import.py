@@ -252,3 +252,10 @@ def test_unsupported_block_type_is_refused_with_the_reason():
              "stages.0.blocks.0.conv3.conv.weight": torch.zeros(8, 8, 1, 1, 1)}
     with pytest.raises(ArchitectureError, match="bottleneck"):
         infer_architecture(state)
+
+
+def test_a_voco_pretrain_training_state_points_at_its_encoder(tmp_path, capsys):
+    from nnunet_voco.checkpoint import SCHEMA_VERSION, STATE_FORMAT
+
+    state = {"format": STATE_FORMAT, "schema_version": SCHEMA_VERSION, "model": resenc(SMALL).state_dict()}
+    assert "import the voco_encoder.pth beside it" in _refused(tmp_path, capsys, [_save(tmp_path, state)])

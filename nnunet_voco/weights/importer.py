@@ -22,7 +22,7 @@ import os
 import torch
 
 from nnunet_voco.artifacts import write_encoder
-from nnunet_voco.checkpoint import ENCODER_FORMAT, adapt_input_channels, check_schema
+from nnunet_voco.checkpoint import ENCODER_FORMAT, STATE_FORMAT, adapt_input_channels, check_schema
 import nnunet_voco.weights.architecture as archs
 from nnunet_voco.weights.citations import default_citations
 from nnunet_voco.weights.dna_format import bare_state, is_dna_state, read_dna_state
@@ -78,6 +78,9 @@ def import_weights(path: str, in_channels: int | None = None, feature_size: int 
     file = resolve_source(path)
     obj, numpy_used = read_checkpoint(file)
     record = {"source_file": os.path.abspath(file), **file_digests(file), "numpy_allow_list": numpy_used}
+    if obj.get("format") == STATE_FORMAT:
+        raise WeightsFileError(f"{file} is a voco_pretrain training state; import the voco_encoder.pth beside it (or pass "
+                               f"the run folder), or use it directly: nnUNet_voco_weights / voco_pretrain --init")
     if isinstance(obj.get("meta"), dict) and "encoder" in obj and obj["meta"].get("format") == ENCODER_FORMAT:
         return _own(obj, file, record, in_channels)
     if is_swin_state(obj):
@@ -105,7 +108,7 @@ def _convert(source: SourceWeights, file: str, record: dict, in_channels: int | 
         raise WeightsFileError(f"{file} ({source.format}) holds no encoder tensors ({source.tally.summary()}); it is "
                                f"a decoder-only or head-only file: pass the checkpoint with the pre-trained encoder")
     arch, inferred = (source.architecture, False) if source.architecture else archs.infer_architecture(source.encoder)
-    archs.family_of(arch)
+    archs.family_of(arch)  # raises for any class but ResidualEncoderUNet / PlainConvUNet
     c_src = archs.input_channels(source.encoder, arch)
     verify_encoder(source.encoder, arch, c_src, file)
     unique = to_unique(source.encoder, archs.build_encoder(arch, c_src), file)

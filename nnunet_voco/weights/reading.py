@@ -46,7 +46,7 @@ def _numpy_allow_list() -> list:
 NUMPY_ALLOW_LIST = _numpy_allow_list()
 SIDECAR_PLAN = "adaptation_plan.json"
 # What a folder may hold, in the order it is searched.
-FOLDER_FILES = ("checkpoint_final.pth", "voco_encoder.pth", "checkpoint_best.pth")
+FOLDER_FILES = ("voco_encoder.pth", "checkpoint_final.pth", "checkpoint_best.pth")  # a run folder: its encoder
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")  # torch's message: "Unsupported global: GLOBAL numpy._core..."
 
 
@@ -57,7 +57,8 @@ class WeightsFileError(UserInputError):
 def resolve_source(path: str) -> str:
     """The checkpoint file for ``path``: the file itself, or the one file a folder holds.
 
-    A folder is searched for ``checkpoint_final.pth``, ``voco_encoder.pth``, ``checkpoint_best.pth``, then
+    A folder is searched for ``voco_encoder.pth`` (a voco_pretrain run), ``checkpoint_final.pth`` (nnssl /
+    Hugging Face, nnU-Net fold), ``checkpoint_best.pth``, then
     for a single ``*.pt``/``*.pth`` file at its top level.
 
     Raises:
