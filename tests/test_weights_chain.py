@@ -119,7 +119,7 @@ def test_isotropic_two_channel_chain(planned_toy, tmp_path, monkeypatch, capsys)
     # voco_pretrain --init with plans that do not build the weights' encoder: one line, exit 2, no run folder
     refused = ours("voco_pretrain", "-d", str(MRI_ID), "--init", weights, "--num_steps", "1", *PRETRAIN_FAST, code=2)
     assert "voco_plan_like" in refused and len(refused.strip().splitlines()) == 1
-    assert not os.path.exists(os.path.join(env["nnUNet_results"], MRI_NAME))
+    assert not os.path.exists(os.path.join(env["nnUNet_results"], MRI_NAME, "VoCo__nnUNetPlans__3d_fullres"))
 
     out = ours("voco_plan_like", weights, "-d", str(MRI_ID), "-o", "likeVoCo")
     assert "(topology of the weights)" in out and "normalisation ['ZScoreNormalization', 'ZScoreNormalization']" in out

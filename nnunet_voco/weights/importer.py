@@ -99,7 +99,6 @@ def import_weights(path: str, in_channels: int | None = None, feature_size: int 
         raise WeightsFileError(
             f"{file} holds no encoder tensors ({n} tensors, none under encoder./stem./stages./swinViT.); pass an nnssl "
             f"or nnU-Net checkpoint, a ResEnc / PlainConvUNet state dict or a VoCo release")
-    source.numpy_allow_list = numpy_used
     return _convert(source, file, record, in_channels)
 
 

@@ -33,7 +33,6 @@ class SourceWeights:
     facts: dict  # pretrain_dataset, spacing, spacing_style, normalization_schemes, patch_size, input_channels, ...
     citations: list
     trainer_name: str | None = None
-    numpy_allow_list: bool = False
 
 
 def split_network_state(state: Mapping[str, torch.Tensor], key_to_encoder: str = "encoder.stages",
