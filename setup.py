@@ -31,6 +31,7 @@ setup(
         "nnunet_voco.encoders",
         "nnunet_voco.nnunet",
         "nnunet_voco.finetune",
+        "nnunet_voco.weights",
         "nnunet_voco.storage",
         "nnunet_voco.pool",
         "nnunet_voco.demo",
@@ -67,6 +68,8 @@ setup(
             "voco_pretrain=nnunet_voco.pretrain.cli:main",
             "voco_preprocess_unlabeled=nnunet_voco.commands.preprocess_unlabeled:main",
             "voco_import_weights=nnunet_voco.commands.import_weights:main",
+            "voco_plan_like=nnunet_voco.commands.plan_like:main",
+            "voco_export_weights=nnunet_voco.commands.export_weights:main",
             "voco_demo=nnunet_voco.commands.demo:main",
         ]
     },

@@ -45,7 +45,8 @@ def meta_path(weights_path: str) -> str:
     return os.path.splitext(weights_path)[0] + ".json"
 
 
-def write_encoder(path: str, encoder_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
+def write_encoder(path: str, encoder_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                  heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict:
     """Write the encoder file ``path`` and its JSON sidecar (:func:`meta_path`) together.
 
     Both are written to temporary files first and then moved into place, the ``.pth`` before the
@@ -57,6 +58,7 @@ def write_encoder(path: str, encoder_state: Mapping[str, torch.Tensor], meta: Ma
         path: the encoder file, normally ``<run folder>/voco_encoder.pth``.
         encoder_state: the encoder's state dict (copied to CPU).
         meta: its metadata (converted to plain types; format and schema version are added).
+        heads: optional reusable heads (``{"projector": state dict}``), stored in the ``.pth`` only.
 
     Returns:
         The metadata as written (the same dict in both files).
@@ -64,7 +66,7 @@ def write_encoder(path: str, encoder_state: Mapping[str, torch.Tensor], meta: Ma
     Raises:
         DiskWriteError: the disk is full, read-only or gone; the message names the file.
     """
-    content = encoder_file_content(encoder_state, meta)
+    content = encoder_file_content(encoder_state, meta, heads)
     write_files_atomic([
         (path, "wb", lambda f: torch.save(content, f)),
         (meta_path(path), "w", lambda f: json.dump(content["meta"], f, indent=2)),

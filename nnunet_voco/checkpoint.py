@@ -103,12 +103,17 @@ def check_schema(obj: Mapping, path: str, expected_format: str) -> None:
         )
 
 
-def encoder_file_content(encoder_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict:
-    """``{"encoder": CPU tensors, "meta": plain-typed metadata with format and schema version}``."""
+def encoder_file_content(encoder_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                         heads: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> dict:
+    """``{"encoder": CPU tensors, "meta": plain-typed metadata with format and schema version}``, plus
+    ``"heads"`` (e.g. an imported VoCo projector for ``voco_pretrain --init``) when given."""
     meta = to_plain(dict(meta))
     meta.update(format=ENCODER_FORMAT, schema_version=SCHEMA_VERSION)
     state = {k: v.detach().to("cpu").clone() for k, v in encoder_state.items()}
-    return {"encoder": state, "meta": meta}
+    content = {"encoder": state, "meta": meta}
+    if heads:
+        content["heads"] = {name: {k: v.detach().to("cpu").clone() for k, v in h.items()} for name, h in heads.items()}
+    return content
 
 
 def save_encoder(path: str, encoder_state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:

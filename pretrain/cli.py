@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     add("--log_every", type=int, default=d.log_every, help="steps between metric rows")
     add("--max_nonfinite", type=int, default=d.max_nonfinite,
         help="abort after this many consecutive non-finite losses. Default %(default)s")
+    add("--init", dest="init", default=None, metavar="WEIGHTS",
+        help="[OPTIONAL] start from these weights (a voco_encoder.pth: voco_pretrain's, or one written by "
+             "voco_import_weights): the encoder, and the projector where its shapes match. The plans must build the "
+             "weights' encoder (else the error names the voco_plan_like command). With --c the run resumes its own "
+             "checkpoint instead")
     add("--c", dest="continue_training", action="store_true",
         help="continue the run in the output folder (step, optimiser, schedule, scaler, teacher, RNG)")
     add("--overwrite", action="store_true", help="start a new run in a folder that holds another run")

@@ -66,6 +66,7 @@ class PretrainConfig:
     continue_training: bool = False  # --c
     overwrite: bool = False  # start fresh in a folder that holds another run
     output_folder: Optional[str] = None  # default $nnUNet_results/<Dataset>/VoCo__<plans>__<configuration>
+    init: Optional[str] = None  # --init: start from this voco_encoder.pth; not part of the identity (--c ignores it)
     schedule: Optional[dict] = None  # resolved RunSchedule.to_dict(), set by the loop (no flag); kept in checkpoints
 
     def to_dict(self) -> dict:

@@ -39,6 +39,7 @@ from nnunet_voco.voco.model import VoCoModel
 from nnunet_voco.voco.monitor import MONITOR_SEED, FixedWindows, MonitorWindows, split_cases
 from nnunet_voco.voco.presets import Preset, get_preset
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler
+from nnunet_voco.weights.pretrain_init import initialise_from
 
 
 def case_shapes(sources, limit: int = 256) -> list[tuple[str, tuple[int, int, int]]]:
@@ -254,6 +255,8 @@ def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
     train_cases, val_cases = split_cases(all_cases, [src.name for src in sources], n_held)
     shift_prob = config.shift_prob if config.shift_prob is not None else preset.shift_prob
     model = _build_model(config, ctx, bundle, preset)
+    init_lines = initialise_from(model, bundle, config.init, first, config.plans, config.configuration) \
+        if config.init else ()  # the monitor's step 0 then measures these weights; --c loads its state over them
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
                                   fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
@@ -265,6 +268,6 @@ def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
         augment=AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, scale_prob=config.scale_prob),
         num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else default_warmup(config.num_steps),
-        train_cases=train_cases, val_cases=val_cases, warnings=tuple(w for w in (held_warning,) if w),
+        train_cases=train_cases, val_cases=val_cases, warnings=tuple(w for w in (held_warning,) if w) + init_lines,
         model=model, optimizer=optimizer, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)

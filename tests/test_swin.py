@@ -16,7 +16,7 @@ from nnunet_voco.encoders.swin import (
     check_swin_input_size,
     swin_patch_size,
 )
-from nnunet_voco.official_weights import convert_official, normalise_key, split_state
+from nnunet_voco.weights.swin_release import convert_official, normalise_key, split_state
 
 F = 12  # smallest valid feature size: fast on CPU, same key layout as B/L/H
 N_ENCODER = 145  # official SSL-head tensor count (VOCO_SPEC.md 4.1), incl. 8 relative_position_index buffers

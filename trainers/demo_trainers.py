@@ -41,9 +41,8 @@ GPU_BUDGET = TrainingBudget(epochs=40, iterations_per_epoch=25, val_iterations_p
 
 
 class _DemoRecipe:
-    """What every demo trainer shares besides its budget: fold = seed, one warm-up epoch, no mirroring."""
+    """What every demo trainer shares besides its budget: fold = seed, no mirroring (warm-up: the budget's 2%)."""
 
-    voco_warmup_epochs = 1
     voco_seed_from_fold = True
     voco_test_time_mirroring = False
 

@@ -14,42 +14,36 @@ __all__ = ["nnUNetTrainerVoCo_100epochs", "nnUNetTrainerVoCo_250epochs", "nnUNet
 
 
 class nnUNetTrainerVoCo_100epochs(nnUNetTrainerVoCo):
-    """nnUNetTrainerVoCo with 100 epochs (warm-up 2)."""
+    """nnUNetTrainerVoCo with 100 epochs."""
 
     voco_budget = TrainingBudget(epochs=100)
-    voco_warmup_epochs = 2
 
 
 class nnUNetTrainerVoCo_250epochs(nnUNetTrainerVoCo):
-    """nnUNetTrainerVoCo with 250 epochs (warm-up 5)."""
+    """nnUNetTrainerVoCo with 250 epochs."""
 
     voco_budget = TrainingBudget(epochs=250)
-    voco_warmup_epochs = 5
 
 
 class nnUNetTrainerVoCo_500epochs(nnUNetTrainerVoCo):
-    """nnUNetTrainerVoCo with 500 epochs (warm-up 10)."""
+    """nnUNetTrainerVoCo with 500 epochs."""
 
     voco_budget = TrainingBudget(epochs=500)
-    voco_warmup_epochs = 10
 
 
 class nnUNetTrainerVoCoScratch_100epochs(nnUNetTrainerVoCoScratch):
-    """nnUNetTrainerVoCoScratch with 100 epochs (warm-up 2)."""
+    """nnUNetTrainerVoCoScratch with 100 epochs."""
 
     voco_budget = TrainingBudget(epochs=100)
-    voco_warmup_epochs = 2
 
 
 class nnUNetTrainerVoCoScratch_250epochs(nnUNetTrainerVoCoScratch):
-    """nnUNetTrainerVoCoScratch with 250 epochs (warm-up 5)."""
+    """nnUNetTrainerVoCoScratch with 250 epochs."""
 
     voco_budget = TrainingBudget(epochs=250)
-    voco_warmup_epochs = 5
 
 
 class nnUNetTrainerVoCoScratch_500epochs(nnUNetTrainerVoCoScratch):
-    """nnUNetTrainerVoCoScratch with 500 epochs (warm-up 10)."""
+    """nnUNetTrainerVoCoScratch with 500 epochs."""
 
     voco_budget = TrainingBudget(epochs=500)
-    voco_warmup_epochs = 10

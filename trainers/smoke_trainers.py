@@ -18,7 +18,6 @@ class nnUNetTrainerVoCo_smoke(nnUNetTrainerVoCo):
     """CPU smoke variant of :class:`nnUNetTrainerVoCo`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False
 
 
@@ -26,7 +25,6 @@ class nnUNetTrainerVoCoScratch_smoke(nnUNetTrainerVoCoScratch):
     """CPU smoke variant of :class:`nnUNetTrainerVoCoScratch`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False
 
 
@@ -34,7 +32,6 @@ class nnUNetTrainerVoCoFrozen_smoke(nnUNetTrainerVoCoFrozen):
     """CPU smoke variant of :class:`nnUNetTrainerVoCoFrozen`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False
 
 
@@ -42,5 +39,4 @@ class nnUNetTrainerVoCoFrozenScratch_smoke(nnUNetTrainerVoCoFrozenScratch):
     """CPU smoke variant of :class:`nnUNetTrainerVoCoFrozenScratch`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False

@@ -15,7 +15,6 @@ class nnUNetTrainerVoCoSwin_smoke(nnUNetTrainerVoCoSwin):
     """CPU smoke variant of :class:`nnUNetTrainerVoCoSwin`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False
     voco_swin_feature_size = 12
     voco_gradient_checkpointing = False
@@ -25,7 +24,6 @@ class nnUNetTrainerSwinScratch_smoke(nnUNetTrainerSwinScratch):
     """CPU smoke variant of :class:`nnUNetTrainerSwinScratch`."""
 
     voco_budget = SMOKE_BUDGET
-    voco_warmup_epochs = 1
     voco_test_time_mirroring = False
     voco_swin_feature_size = 12
     voco_gradient_checkpointing = False

@@ -7,9 +7,10 @@ that they fit, loads them loudly into the encoder at the start of a fresh traini
 with nnU-Net's recipe plus a learning-rate warm-up (:mod:`nnunet_voco.finetune.lr_schedule`).
 
 Defaults and why:
-    * ``voco_warmup_epochs = 20`` of 1000 (2%): linear warm-up of nnU-Net's SGD (lr 1e-2, momentum
-      0.99) so that the gradients of the random decoder do not overwrite the pretrained encoder in
-      the first epochs; afterwards nnU-Net's poly schedule over the remaining epochs.
+    * warm-up: 2% of the epochs (20 of 1000), declared once in ``voco_budget``
+      (:class:`~nnunet_voco.trainers.training_budget.TrainingBudget`): linear warm-up of nnU-Net's SGD
+      (lr 1e-2, momentum 0.99) so that the gradients of the random decoder do not overwrite the
+      pretrained encoder in the first epochs; afterwards nnU-Net's poly schedule over the remaining epochs.
     * ``voco_decoder_first_epochs = 0``: the encoder trains from the start (set > 0 to freeze it for
       the first epochs; its learning rate is 0 then, so DDP needs no special handling).
     * ``voco_encoder_lr_scale = 1.0``: no lower encoder learning rate by default, because VoCo is
@@ -42,7 +43,6 @@ class nnUNetTrainerVoCo(nnUNetTrainer):
     voco_load_weights = True
     voco_encoder_family = "cnn"
     voco_encoder_key = "encoder"
-    voco_warmup_epochs = 20
     voco_decoder_first_epochs = 0
     voco_encoder_lr_scale = 1.0
     voco_allow_partial = False
@@ -66,6 +66,11 @@ class nnUNetTrainerVoCo(nnUNetTrainer):
         if budget.val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = budget.val_iterations_per_epoch
         self.voco_weights = None  # a WeightsChoice found before the network was built; None: look up at start
+
+    @property
+    def voco_warmup_epochs(self) -> int:
+        """Linear warm-up epochs: the budget's fraction (2%) of this run's epochs, at least one."""
+        return self.voco_budget.warmup_epochs(self.num_epochs)
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()

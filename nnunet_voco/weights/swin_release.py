@@ -73,6 +73,15 @@ class ImportReport:
         return line
 
 
+def is_swin_state(obj: Mapping) -> bool:
+    """Whether a checkpoint's content is a VoCo / SwinUNETR file (any ``swinViT`` / ``swin_vit`` key inside)."""
+    try:
+        state = _unwrap_state(obj, "")
+    except ValueError:
+        return False
+    return any("swinViT." in k or "swin_vit." in k for k in state)
+
+
 def _unwrap_state(obj: Mapping, path: str) -> dict:
     """Descend into the official container keys until a flat name -> tensor mapping remains."""
     if "encoder" in obj and "meta" in obj:
@@ -113,7 +122,8 @@ def split_state(state: Mapping[str, torch.Tensor], path: str = "checkpoint") -> 
     return encoder, dict(skipped)
 
 
-def convert_official(path: str, in_channels: int | None = None, feature_size: int | None = None) -> ImportReport:
+def convert_official(path: str, in_channels: int | None = None, feature_size: int | None = None,
+                     raw: Mapping | None = None) -> ImportReport:
     """Read an official VoCo file and return the encoder tensors plus metadata.
 
     Args:
@@ -121,6 +131,7 @@ def convert_official(path: str, in_channels: int | None = None, feature_size: in
         in_channels: target input channels; when it differs from the file's, the in-proj kernels
             are adapted with :func:`nnunet_voco.checkpoint.adapt_input_channels`. None: keep.
         feature_size: expected F; None: inferred from ``swinViT.patch_embed.proj.weight``.
+        raw: the file's content when the caller already read it (``voco_import_weights`` does).
 
     Returns:
         The :class:`ImportReport`.
@@ -129,7 +140,7 @@ def convert_official(path: str, in_channels: int | None = None, feature_size: in
         FileNotFoundError, RuntimeError: unreadable file or pickled objects (from ``load_file``).
         ValueError: not a Swin checkpoint, feature size mismatch, or tensors that do not fit.
     """
-    raw = load_file(path)
+    raw = load_file(path) if raw is None else raw
     state = {normalise_key(k): v for k, v in _unwrap_state(raw, path).items()}
     if PATCH_EMBED_KEY not in state and STUDENT_PREFIX + PATCH_EMBED_KEY in state:
         # v1 training file: student.swinViT... / teacher.swinViT...: the student is the encoder
