@@ -34,7 +34,7 @@ __all__ = [f"{base}{suffix}" for suffix in ("_demo", "_demoquick", "_demofull", 
            for base in ("nnUNetTrainerVoCo", "nnUNetTrainerVoCoScratch", "nnUNetTrainerVoCoFrozen",
                         "nnUNetTrainerVoCoFrozenScratch")]
 
-DEMO_BUDGET = TrainingBudget(epochs=10, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
+DEMO_BUDGET = TrainingBudget(epochs=8, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
 QUICK_BUDGET = TrainingBudget(epochs=1, iterations_per_epoch=2, val_iterations_per_epoch=1, batch_size=1)
 FULL_BUDGET = TrainingBudget(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)
 GPU_BUDGET = TrainingBudget(epochs=40, iterations_per_epoch=25, val_iterations_per_epoch=1, batch_size=2)

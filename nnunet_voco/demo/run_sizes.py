@@ -27,7 +27,7 @@ import dataclasses
 # Pre-training settings of the default demo (single place to change them).
 PRETRAIN_STEPS = 250
 PRETRAIN_LR = 1e-4
-PRETRAIN_VAL_EVERY = 50
+PRETRAIN_VAL_EVERY = 125
 FULL_PRETRAIN_STEPS = 3000
 GPU_PRETRAIN_STEPS = 10_000
 GPU_PRETRAIN_BATCH_SIZE = 4
