@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="autocast precision. Default bf16 on CUDA, fp32 elsewhere (the loss is always fp32)")
     add("--compile", action="store_true", help="torch.compile the encoder (CUDA)")
     add("--channels_last", action="store_true", help="channels_last_3d memory format (CUDA)")
+    add("--no_cudnn_benchmark", dest="cudnn_benchmark", action="store_false",
+        help="CUDA: keep PyTorch's default convolution heuristics instead of cuDNN autotuning (on by default: the "
+             "crops have one fixed shape)")
     add("--val_cases", type=int, default=d.val_cases,
         help="cases held out of training for the position monitor (deterministic, listed in config.json); "
              "0 disables it. Default %(default)s")
