@@ -80,14 +80,15 @@ class VoCoModel(nn.Module):
         self.loss = loss
         self.__dict__["_compiled_encoder"] = None  # not a submodule: state dicts stay free of _orig_mod.
 
-    def compile_encoder(self, compiler=torch.compile) -> None:
-        """Run the student encoder through ``compiler(self.encoder)`` in training-mode forwards.
+    def compile_encoder(self, compiler=None) -> None:
+        """Run the student encoder through ``compiler(self.encoder)`` (default ``torch.compile``) in
+        training-mode forwards.
 
         The compiled wrapper is kept outside the module tree (it shares the encoder's parameters),
         so ``state_dict`` keys, checkpoints and exports are those of the plain encoder, and
         eval-mode passes (:meth:`position_logits`) stay eager.
         """
-        self.__dict__["_compiled_encoder"] = compiler(self.encoder)
+        self.__dict__["_compiled_encoder"] = (compiler or torch.compile)(self.encoder)
 
     @property
     def compiled(self) -> bool:
