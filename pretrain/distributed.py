@@ -109,16 +109,20 @@ def init_context(device_name: str | None) -> RunContext:
     if world_size <= 1:
         return RunContext(device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-        dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
-        control = dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
-    else:
+    device, control = init_process_groups(device, local_rank)
+    return RunContext(device, rank, world_size, local_rank, control, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def init_process_groups(device: torch.device, local_rank: int) -> tuple[torch.device, object]:
+    """The process groups of :func:`init_context` (torchrun's environment rendezvous); returns this
+    rank's device and the gloo group for host-side collectives (None on CPU: the main group is gloo)."""
+    if device.type != "cuda":
         dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
-        control = None
-    return RunContext(device, rank, world_size, local_rank, control, local_world_size)
+        return device, None
+    torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank)
+    dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
+    return device, dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
 
 
 def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
