@@ -277,3 +277,23 @@ def test_two_processes_agree_on_stopping_every_few_steps_and_share_the_monitor(t
     assert counts[0][1] + counts[1][1] == 3 * 2 * 3 and counts[1][1] > 0
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["step"] for r in rows if "val_position_accuracy" in r] == [0, 6, 12]  # written once, by rank 0
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_at_a_c10d_rendezvous(toy, tmp_path):
+    """The README's multi-node command on one machine: two torchrun agents, one rank each, meet at a c10d
+    rendezvous as two nodes would (``--nnodes 2 --rdzv_backend c10d``); the run is one 2-rank job."""
+    out = tmp_path / "run"
+    port = _free_port()
+    argv = ["-m", "nnunet_voco.pretrain.cli", "-d", str(TOY_ID), "-o", str(out), "--num_steps", "3",
+            "--save_every", "100", "--val_cases", "1", "--val_windows", "2"] + FAST
+    node = [TORCHRUN, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
+            f"127.0.0.1:{port}", "--rdzv_id", "voco-test"]
+    logs = [open(tmp_path / f"node{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen(node + argv, env=toy, stdout=log, stderr=subprocess.STDOUT) for log in logs]
+    codes = [p.wait(timeout=900) for p in procs]
+    text = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], text[0][-3000:] + text[1][-3000:]
+    assert json.load(open(out / "config.json"))["world_size"] == 2
+    assert [r["step"] for r in _rows(out)] == [1, 2, 3]  # one job: each step logged once
+    assert sum(t.count("VoCo: finished 3 steps") for t in text) == 1  # by the rank-0 node alone

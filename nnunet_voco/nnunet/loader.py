@@ -25,6 +25,8 @@ of the CUDA/NCCL state of the training process); the stream is pickled to each w
 """
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -93,6 +95,17 @@ class VoCoStream(IterableDataset):
             yield self.make_sample(rng, generator)
 
 
+def worker_context(start_method: str | None):
+    """The multiprocessing context of the workers. ``forkserver``: the server imports this module and the
+    nnU-Net door once (torch, numpy, nnU-Net's dataset classes), and every worker forks from it, instead of
+    each worker importing them again to unpickle the stream."""
+    if start_method != "forkserver":
+        return start_method
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "nnunet_voco.nnunet"])
+    return context
+
+
 def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memory: bool,
                 start_method: str | None = None) -> DataLoader:
     """DataLoader yielding batches ``bases (B, K, C, *crop)``, ``targets (B, S, C, *crop)``, ``overlaps (B, S, K)``.
@@ -107,5 +120,5 @@ def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memor
     """
     kwargs = {}
     if num_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=PREFETCH_FACTOR, multiprocessing_context=start_method)
+        kwargs.update(persistent_workers=True, prefetch_factor=PREFETCH_FACTOR, multiprocessing_context=worker_context(start_method))
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
