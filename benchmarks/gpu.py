@@ -167,11 +167,12 @@ def run_variant(name: str, dataset: str, folder: str, device: str, steps: int, w
                 marks.get("warm"), marks.get("last")), "wall_s": wall, "folder": folder}
 
 
-def step_ratio(sources, device: str, repeats: int) -> dict:
-    """VoCo step over the encoder's own forward + backward at the run's default layout (eager)."""
+def step_ratio(sources, device: str, repeats: int, crop_size=None, batch_size: int | None = None) -> dict:
+    """VoCo step over the encoder's own forward + backward at the run's layout (eager)."""
     from benchmarks import step_profile
 
-    pipe = step_profile.build_pipeline(sources, PLANS_L, device=device, num_workers=0)
+    pipe = step_profile.build_pipeline(sources, PLANS_L, crop_size=crop_size, batch_size=batch_size, device=device,
+                                       num_workers=0)
     return step_profile.step_over_encoder(pipe, repeats)
 
 
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                         "ratio (default 5; dry run 1; 0: skip)")
     parser.add_argument("--cases", type=int, default=GPU_DATA["cases"], help="[OPTIONAL] phantom cases")
     parser.add_argument("--shape", type=int, nargs=3, default=GPU_DATA["shape"], help="[OPTIONAL] phantom (z, y, x)")
+    parser.add_argument("--crop_size", type=int, nargs=3, default=None, help="[OPTIONAL] default: voco_pretrain's")
+    parser.add_argument("--batch_size", type=int, default=None, help="[OPTIONAL] default: voco_pretrain's")
     parser.add_argument("--timeout", type=float, default=600, help="[OPTIONAL] seconds per variant")
     parser.add_argument("--root", default=None, help="[OPTIONAL] data and run folder")
     parser.add_argument("--out", default=None, help="[OPTIONAL] JSON path (default benchmarks/results/gpu_<time>.json)")
@@ -231,14 +234,17 @@ def main(argv: list[str] | None = None) -> dict:
         spec = dict(GPU_DATA, cases=args.cases, shape=list(args.shape))
         sources = prepare_gpu_data(root, spec, max(1, min(8, (os.cpu_count() or 2) // 2)))
     os.makedirs(os.path.join(root, "runs"), exist_ok=True)
-    rows = [run_variant(v, str(spec["id"]), os.path.join(root, "runs", v), device, steps, warmup, args.pretrain_flags,
-                        args.timeout) for v in variants]
+    geometry = (["--crop_size", *map(str, args.crop_size)] if args.crop_size else []) + (
+        ["--batch_size", str(args.batch_size)] if args.batch_size else [])
+    rows = [run_variant(v, str(spec["id"]), os.path.join(root, "runs", v), device, steps, warmup,
+                        geometry + args.pretrain_flags, args.timeout) for v in variants]
     cm = sources[0].configuration_manager
     meta = {"device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU", "plans": PLANS_L,
             "patch_size": list(cm.patch_size), "steps": steps, "warmup": warmup, "torch": torch.__version__,
             "dry_run": args.dry_run, "bf16_native": device == "cuda" and torch.cuda.is_bf16_supported(False)}
     result = {"meta": meta, "rows": rows,
-              "step_over_encoder": step_ratio(sources, device, repeats) if repeats > 0 else None}
+              "step_over_encoder": step_ratio(sources, device, repeats, args.crop_size, args.batch_size)
+              if repeats > 0 else None}
     print(markdown(result))
     out = args.out or str(Path(__file__).resolve().parent / "results" / time.strftime("gpu_%Y%m%d_%H%M%S.json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

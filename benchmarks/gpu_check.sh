@@ -26,7 +26,9 @@
 #                  or export may hold `_orig_mod.` or `module.` keys
 # Outputs in $OUT (at most 8 files come back from the device): summary.md, summary.json, run.log, logs.tgz.
 # Knobs: GPUCHECK_BUDGET, GPUCHECK_STAGES ("env install data ..."), GPUCHECK_BENCH_STEPS (20), GPUCHECK_WARMUP (5),
-#        GPUCHECK_EPOCHS (3), GPUCHECK_ITERS (12), GPUCHECK_WORK (/tmp/gpu_check), GPUCHECK_PYTHON (python3).
+#        GPUCHECK_EPOCHS (3), GPUCHECK_ITERS (12), GPUCHECK_WORK (/tmp/gpu_check), GPUCHECK_PYTHON (python3),
+#        GPUCHECK_GEOMETRY (voco_pretrain geometry flags; rehearsal "--crop_size 16 32 32 --batch_size 2"),
+#        GPUCHECK_NN_BATCH (cap on nnU-Net's batch size; rehearsal 1).
 
 set -o pipefail
 
@@ -39,10 +41,11 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 
 DEVICE=${GPUCHECK_DEVICE:-cuda}
 if [ "$DEVICE" = cpu ]; then  # rehearsal sizes: every stage runs, in minutes on a few cores
-  DEFAULT_BUDGET=2400 SHAPE="32 96 96" CASES=4 STEPS=2 WARMUP=1 EPOCHS=2 ITERS=2 RATIO=1
-else
+  DEFAULT_BUDGET=5400 SHAPE="32 96 96" CASES=4 STEPS=2 WARMUP=1 EPOCHS=2 ITERS=2 RATIO=1
+  GEOMETRY=${GPUCHECK_GEOMETRY:-"--crop_size 16 32 32 --batch_size 2"} NN_BATCH=${GPUCHECK_NN_BATCH:-1}
+else  # the default geometry and batch rule, nnU-Net's batch size
   DEFAULT_BUDGET=530 SHAPE="96 320 320" CASES=6 STEPS=${GPUCHECK_BENCH_STEPS:-20} WARMUP=${GPUCHECK_WARMUP:-5}
-  EPOCHS=${GPUCHECK_EPOCHS:-3} ITERS=${GPUCHECK_ITERS:-12} RATIO=5
+  EPOCHS=${GPUCHECK_EPOCHS:-3} ITERS=${GPUCHECK_ITERS:-12} RATIO=5 GEOMETRY=${GPUCHECK_GEOMETRY:-} NN_BATCH=${GPUCHECK_NN_BATCH:-0}
 fi
 START=$(date +%s)
 BUDGET=${GPUCHECK_BUDGET:-$DEFAULT_BUDGET}
@@ -54,7 +57,8 @@ export PATH="$PYBIN:$PATH"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 export GPUCHECK_REPO=$REPO GPUCHECK_W=$W GPUCHECK_L=$L GPUCHECK_DEADLINE=$DEADLINE GPUCHECK_DEVICE=$DEVICE
 export GPUCHECK_SHAPE=$SHAPE GPUCHECK_CASES=$CASES GPUCHECK_STEPS=$STEPS GPUCHECK_WARMUP_STEPS=$WARMUP
-export GPUCHECK_EPOCHS_=$EPOCHS GPUCHECK_ITERS_=$ITERS GPUCHECK_RATIO=$RATIO
+export GPUCHECK_EPOCHS_=$EPOCHS GPUCHECK_ITERS_=$ITERS GPUCHECK_RATIO=$RATIO GPUCHECK_GEOMETRY_=$GEOMETRY
+export GPUCHECK_NN_BATCH_=$NN_BATCH
 export nnUNet_raw=$W/nn/raw nnUNet_preprocessed=$W/nn/preprocessed nnUNet_results=$W/nn/results
 export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-8}
 export nnUNet_compile=${nnUNet_compile:-f}   # nnU-Net's full-network compile costs minutes; off for both trainers
@@ -176,7 +180,7 @@ bench() {  # bench VARIANT RATIO_REPEATS
   cd "$GPUCHECK_REPO" || exit 1
   python3 benchmarks/gpu.py --device "$GPUCHECK_DEVICE" --variants "$1" --ratio_repeats "$2" \
     --steps "$GPUCHECK_STEPS" --warmup "$GPUCHECK_WARMUP_STEPS" --cases "$GPUCHECK_CASES" --shape $GPUCHECK_SHAPE \
-    --root "$GPUCHECK_W/nn" --out "$GPUCHECK_L/bench_$1.json" --timeout 900
+    --root "$GPUCHECK_W/nn" --out "$GPUCHECK_L/bench_$1.json" --timeout 900 $GPUCHECK_GEOMETRY_
 }
 stage_bench_eager() { set -x; bench eager "$GPUCHECK_RATIO"; }
 stage_bench_compile() { set -x; TORCH_LOGS="graph_breaks,recompiles" bench compile 0; }
@@ -186,7 +190,7 @@ stage_ddp() {
   cd "$GPUCHECK_REPO" || exit 1
   local out="$GPUCHECK_W/runs/ddp1" rc
   local args=(-d "$DS" -p "$PLANS" -device "$GPUCHECK_DEVICE" --log_every 2 --val_every 3 --val_cases 2
-              --val_windows 4 --save_every 3 -o "$out")
+              --val_windows 4 --save_every 3 -o "$out" $GPUCHECK_GEOMETRY_)
   torchrun --standalone --nproc_per_node 1 benchmarks/ddp_one_rank.py "${args[@]}" --num_steps 6 --overwrite
   rc=$?
   if [ $rc -eq 0 ]; then  # resume under DDP: fused AdamW state, RNG and the redefined schedule back on the device
@@ -213,7 +217,8 @@ from nnunet_voco.trainers.training_budget import TrainingBudget
 from nnunet_voco.trainers.voco_trainers import nnUNetTrainerVoCo, nnUNetTrainerVoCoScratch
 
 EPOCHS, ITERS = int(os.environ["GPUCHECK_EPOCHS_"]), int(os.environ["GPUCHECK_ITERS_"])
-BUDGET = TrainingBudget(epochs=EPOCHS, iterations_per_epoch=ITERS, val_iterations_per_epoch=2)
+BATCH = int(os.environ["GPUCHECK_NN_BATCH_"]) or None  # rehearsal: a cap on the plans' batch size
+BUDGET = TrainingBudget(epochs=EPOCHS, iterations_per_epoch=ITERS, val_iterations_per_epoch=2, batch_size=BATCH)
 
 
 class nnUNetTrainerVoCo_gpucheck(nnUNetTrainerVoCo):
@@ -233,6 +238,11 @@ class nnUNetTrainer_gpucheck(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # nnU-Net records these names for checkpoints
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = EPOCHS, ITERS, 2
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        if BATCH:
+            self.batch_size = min(self.batch_size, BATCH)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         pass  # the epoch time is the figure; the VoCo twin runs the validation
@@ -263,7 +273,8 @@ stage_resume() {
   local out="$GPUCHECK_W/nn/runs/compile" n rc1 rc2
   [ -f "$out/checkpoint_final.pth" ] || { echo "GPUCHECK: no compiled run to resume (bench_compile did not finish)"; exit 1; }
   n=$(python3 -c "import json, sys; print(json.load(open(sys.argv[1]))['config']['num_steps'])" "$out/config.json")
-  local args=(-d "$DS" -p "$PLANS" -device "$GPUCHECK_DEVICE" -o "$out" --val_cases 0 --log_every 2 --save_every 1000)
+  local args=(-d "$DS" -p "$PLANS" -device "$GPUCHECK_DEVICE" -o "$out" --val_cases 0 --log_every 2 --save_every 1000
+              $GPUCHECK_GEOMETRY_)
   python3 -m nnunet_voco.pretrain.cli "${args[@]}" --compile --c --num_steps $((n + 4))
   rc1=$?
   python3 -m nnunet_voco.pretrain.cli "${args[@]}" --c --num_steps $((n + 6))
@@ -288,7 +299,7 @@ export -f run_stage bench stage_env stage_install stage_data stage_bench_eager s
   stage_resume
 
 if [ "$DEVICE" = cpu ]; then
-  CAPS="env:30 install:120 data:300 bench_eager:600 ddp:500 nnunet:900 bench_compile:900 resume:600"
+  CAPS="env:30 install:120 data:300 bench_eager:600 ddp:600 nnunet:1800 bench_compile:1200 resume:900"
 else
   CAPS="env:20 install:150 data:120 bench_eager:150 ddp:110 nnunet:170 bench_compile:240 resume:120"
 fi
