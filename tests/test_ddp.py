@@ -209,6 +209,7 @@ def _gloo_rank(rank: int, world: int, port: int, env: dict, folder: str) -> None
         json.dump(result, f)
 
 
+@pytest.mark.slow  # two spawned interpreters: ~15 s idle, ~1 min on a busy 2-core machine
 def test_two_gloo_ranks_normalise_alike_and_share_the_monitor(tmp_path, monkeypatch):
     from benchmarks import data_pipeline
 
