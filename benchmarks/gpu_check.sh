@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu_check.sh                          # on the GPU host, with .whl/ next to the repo (README)
 #   GPUCHECK_DEVICE=cpu bash benchmarks/gpu_check.sh      # rehearsal: every stage on the CPU at toy sizes
 #
-# Stages, in priority order under one deadline (GPUCHECK_BUDGET seconds, default 530, so that one 10-minute
+# Stages, in priority order under one deadline (GPUCHECK_BUDGET seconds, default 540, so that one 10-minute
 # device command holds the whole check with room for start-up); each has its own cap, runs in its own process
 # group (killed at the cap), and a failure does not stop the next one:
 #   env            GPU, driver, torch, bf16 support, /dev/shm, CPUs
@@ -25,8 +25,8 @@
 #   resume         the compiled run continued with --compile --c, then with --c without compile; no checkpoint
 #                  or export may hold `_orig_mod.` or `module.` keys
 # Outputs in $OUT (at most 8 files come back from the device): summary.md, summary.json, run.log, logs.tgz.
-# Knobs: GPUCHECK_BUDGET, GPUCHECK_STAGES ("env install data ..."), GPUCHECK_BENCH_STEPS (20), GPUCHECK_WARMUP (5),
-#        GPUCHECK_EPOCHS (3), GPUCHECK_ITERS (12), GPUCHECK_WORK (/tmp/gpu_check), GPUCHECK_PYTHON (python3),
+# Knobs: GPUCHECK_BUDGET, GPUCHECK_STAGES ("env install data ..."), GPUCHECK_BENCH_STEPS (15), GPUCHECK_WARMUP (3),
+#        GPUCHECK_EPOCHS (3), GPUCHECK_ITERS (10), GPUCHECK_WORK (/tmp/gpu_check), GPUCHECK_PYTHON (python3),
 #        GPUCHECK_GEOMETRY (voco_pretrain geometry flags; rehearsal "--crop_size 16 32 32 --batch_size 2"),
 #        GPUCHECK_NN_BATCH (cap on nnU-Net's batch size; rehearsal 1).
 
@@ -44,8 +44,8 @@ if [ "$DEVICE" = cpu ]; then  # rehearsal sizes: every stage runs, in minutes on
   DEFAULT_BUDGET=5400 SHAPE="32 96 96" CASES=4 STEPS=2 WARMUP=1 EPOCHS=2 ITERS=2 RATIO=1
   GEOMETRY=${GPUCHECK_GEOMETRY:-"--crop_size 16 32 32 --batch_size 2"} NN_BATCH=${GPUCHECK_NN_BATCH:-1}
 else  # the default geometry and batch rule, nnU-Net's batch size
-  DEFAULT_BUDGET=530 SHAPE="96 320 320" CASES=6 STEPS=${GPUCHECK_BENCH_STEPS:-20} WARMUP=${GPUCHECK_WARMUP:-5}
-  EPOCHS=${GPUCHECK_EPOCHS:-3} ITERS=${GPUCHECK_ITERS:-12} RATIO=5 GEOMETRY=${GPUCHECK_GEOMETRY:-} NN_BATCH=${GPUCHECK_NN_BATCH:-0}
+  DEFAULT_BUDGET=540 SHAPE="96 320 320" CASES=6 STEPS=${GPUCHECK_BENCH_STEPS:-15} WARMUP=${GPUCHECK_WARMUP:-3}
+  EPOCHS=${GPUCHECK_EPOCHS:-3} ITERS=${GPUCHECK_ITERS:-10} RATIO=5 GEOMETRY=${GPUCHECK_GEOMETRY:-} NN_BATCH=${GPUCHECK_NN_BATCH:-0}
 fi
 START=$(date +%s)
 BUDGET=${GPUCHECK_BUDGET:-$DEFAULT_BUDGET}
