@@ -12,7 +12,7 @@
 #   install        the wheels carried in .whl/ (no network there), SimpleITK from .whl/simpleitk.tar.xz, then
 #                  `pip install --no-deps .` (non-editable: installs the nnUNet_extTrainer start-up hook).
 #                  Rehearsal: checks that the wheels resolve for CPython 3.12 (pip --dry-run), installs nothing
-#   data           6 phantom CTs of 96 x 320 x 320 (rehearsal 4 x 32 x 96 x 96) planned by nnUNetPlannerResEncL
+#   data           6 phantom CTs of 96 x 320 x 320 (rehearsal 5 x 32 x 96 x 96: nnU-Net's 5 folds) planned by ResEnc-L
 #   bench_eager    benchmarks/gpu.py --variants eager: a real voco_pretrain (default flags: v2, bf16 where native,
 #                  cudnn.benchmark, data-fitted geometry, batch rule), steps/s, volumes/s, peak memory, GPU
 #                  utilisation, data-wait share; and the VoCo step over the encoder's own forward + backward
@@ -41,7 +41,7 @@ exec > >(tee -a "$OUT/run.log") 2>&1
 
 DEVICE=${GPUCHECK_DEVICE:-cuda}
 if [ "$DEVICE" = cpu ]; then  # rehearsal sizes: every stage runs, in minutes on a few cores
-  DEFAULT_BUDGET=5400 SHAPE="32 96 96" CASES=4 STEPS=2 WARMUP=1 EPOCHS=2 ITERS=2 RATIO=1
+  DEFAULT_BUDGET=5400 SHAPE="32 96 96" CASES=5 STEPS=2 WARMUP=1 EPOCHS=2 ITERS=2 RATIO=1
   GEOMETRY=${GPUCHECK_GEOMETRY:-"--crop_size 16 32 32 --batch_size 2"} NN_BATCH=${GPUCHECK_NN_BATCH:-1}
 else  # the default geometry and batch rule, nnU-Net's batch size
   DEFAULT_BUDGET=540 SHAPE="96 320 320" CASES=6 STEPS=${GPUCHECK_BENCH_STEPS:-15} WARMUP=${GPUCHECK_WARMUP:-3}
