@@ -340,20 +340,20 @@ for stage, s in summary["stages"].items():
     if errors:
         s["first_errors"] = errors[:3]
 
-summary["imports"] = re.findall(r"GPUCHECK_IMPORT (.*)", text("install.log"))
-summary["plans"] = [json.loads(p) for p in re.findall(r"GPUCHECK_PLANS (.*)", text("data.log"))]
+summary["imports"] = re.findall(r"(?m)^GPUCHECK_IMPORT (.*)", text("install.log"))
+summary["plans"] = [json.loads(p) for p in re.findall(r"(?m)^GPUCHECK_PLANS (.*)", text("data.log"))]
 eager, compiled = load(os.path.join(logs, "bench_eager.json")), load(os.path.join(logs, "bench_compile.json"))
 summary["bench"] = [r for b in (eager, compiled) if b for r in b["rows"]]
 summary["step_over_encoder"] = (eager or {}).get("step_over_encoder")
 summary["bench_meta"] = (eager or compiled or {}).get("meta")
 
 ddp = text("ddp.log")
-summary["ddp"] = {"wrapped": re.findall(r"GPUCHECK_DDP (.*)", ddp), "resume": re.findall(r"GPUCHECK_DDP_RESUME (.*)", ddp),
-                  "peak_alloc_gib": re.findall(r"GPUCHECK_PEAK_ALLOC_GIB ([\d.]+)", ddp),
-                  "finished": re.findall(r"VoCo: finished .*", ddp),
+summary["ddp"] = {"wrapped": re.findall(r"(?m)^GPUCHECK_DDP (.*)", ddp), "resume": re.findall(r"(?m)^GPUCHECK_DDP_RESUME (.*)", ddp),
+                  "peak_alloc_gib": re.findall(r"(?m)^GPUCHECK_PEAK_ALLOC_GIB ([\d.]+)", ddp),
+                  "finished": re.findall(r"(?m)^VoCo: finished .*", ddp),
                   "monitor": re.findall(r"VoCo: held-out position accuracy .*", ddp)[-1:]}
 resume = text("resume.log")
-summary["resume"] = {"rcs": re.findall(r"GPUCHECK_RESUME (.*)", resume), "keys": re.findall(r"GPUCHECK_KEYS (.*)", resume),
+summary["resume"] = {"rcs": re.findall(r"(?m)^GPUCHECK_RESUME (.*)", resume), "keys": re.findall(r"(?m)^GPUCHECK_KEYS (.*)", resume),
                      "continued": re.findall(r"VoCo: continuing from .*", resume)}
 
 
@@ -376,6 +376,7 @@ md = [f"# nnunet-voco GPU check ({summary['device']})", "", "| stage | rc | s | 
       "|---|---|---|---|---|"]
 md += [f"| {k} | {s['rc']} | {s['seconds']} | {s.get('smi_peak_mib')} | {s.get('smi_mean_util')} |"
        for k, s in summary["stages"].items()]
+md += [f"- {k} failed: {s['first_errors']}" for k, s in summary["stages"].items() if s["rc"] != "0" and "first_errors" in s]
 md += ["", f"plans: {summary['plans']}", f"bench: {json.dumps(summary['bench_meta'])}", ""]
 for r in summary["bench"]:
     if "failed" in r:
