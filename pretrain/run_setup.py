@@ -139,9 +139,8 @@ def default_num_workers(local_world_size: int = 1) -> int:
 
 V2_ONE_VOLUME_WARNING = (
     "VoCo: warning: preset v2 with 1 volume per step and process: the inter-volume term pairs each volume with "
-    "the next one in the batch, so with one volume it pairs the volume with itself (a second copy of the "
-    "intra-volume term, no inter-volume contrast); pass --batch_size 2 or more (or --inter_weight 0 to drop the "
-    "term)")
+    "the next one in the batch, so with one volume it pairs the volume with itself and contrasts no two volumes; "
+    "pass --batch_size 2 or more (or --inter_weight 0 to drop the term)")
 
 
 def one_volume_warning(config, batch_size: int) -> Optional[str]:
