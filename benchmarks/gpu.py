@@ -1,25 +1,30 @@
-"""GPU throughput of VoCo pre-training with the ResEnc-L encoder, eager and with torch.compile.
+"""GPU throughput of ``voco_pretrain`` itself, eager and with ``--compile`` (DESIGN.md section 9).
 
-    python benchmarks/gpu.py              # a CUDA machine: ResEnc-L plans, the plans' patch size, v2, bf16
-    python benchmarks/gpu.py --dry_run    # anywhere: tiny synthetic data and plans, CPU, fp32, 3 steps
+    python benchmarks/gpu.py               # CUDA: ResEnc-L phantom data, voco_pretrain's default flags
+    python benchmarks/gpu.py --dry_run     # anywhere: tiny synthetic data and plans, CPU, fp32, 3 steps
+    python benchmarks/gpu.py --device cpu --shape 24 64 64 --cases 4   # the GPU protocol at toy size on a CPU
 
-What runs is ``voco_pretrain``'s own machinery: ``benchmarks/step_profile.build_pipeline`` calls
-the loop's set-up (``nnunet_voco.pretrain.run_setup.resolve_run``: encoder from the plans, layout,
-batch rule, ``VoCoModel`` v2, fused AdamW) and loader (default number of workers, pinned memory),
-then the loop's ``train_step`` (on-device augmentation) and EMA update. Steps are driven without
-any per-step host synchronisation, one synchronisation closes the timed window. Variants:
+What is measured is exactly what ``voco_pretrain`` runs: each variant is a real run of the command
+(``python -m nnunet_voco.pretrain.cli``; same set-up ``resolve_run``, same ``train_step``, same data
+workers, cuDNN autotuning and precision defaults), with only ``--num_steps``, ``--log_every``,
+``--val_cases 0`` (every case feeds the stream) and a far ``--save_every`` given. The figures come
+from the run's own ``metrics.jsonl``: every row holds the wall time of its window (``seconds``; the
+loop's single device read per window is inside it), the share of it blocked on the data loader and
+the peak GPU memory. The first ``--warmup`` steps (cuDNN autotuning, compilation) are left out.
 
-* ``eager``: as ``voco_pretrain -device cuda`` runs with default flags;
-* ``eager, finite flag read every step``: the same plus ``bool(stats["finite"])`` after every
-  step, what a loop that checks for non-finite losses per step pays;
-* ``compile``: ``--compile`` (``torch.compile`` of the encoder; compile time is excluded).
+Variants: ``eager`` (the default flags) and ``compile`` (``--compile``); ``--variants`` picks. The
+run folders are kept under ``<root>/runs/<variant>`` (``benchmarks/gpu_check.sh`` resumes the
+compiled one with ``--c``). GPU utilisation: mean of NVML samples (``nvidia-ml-py``, where
+installed) taken between the warm-up row and the last row.
 
-Reported per variant: steps/s, volumes/s, ms per step, peak GPU memory, and the share of the
-loop's wall time spent blocked on the data loader.
+``step / encoder``: one VoCo step (``train_step`` + EMA, the run's layout and volumes per step,
+synthetic crops) over the encoder's own forward + backward of the same crops under the same autocast
+(:func:`benchmarks.step_profile.step_over_encoder`): the cost of VoCo around the encoder.
 
-Data (cached under ``$TMPDIR/nnunet_voco_bench_gpu``): phantom CT cases (``nnunet_voco.demo.phantom``)
-planned and preprocessed by ``nnUNetv2_plan_and_preprocess -pl nnUNetPlannerResEncL``. The
-dry run writes a tiny preprocessed dataset with hand-written ResEnc plans instead (seconds).
+Data (cached under ``--root``, default ``$TMPDIR/nnunet_voco_bench_gpu``): phantom CT cases
+(``nnunet_voco.demo.phantom``) planned and preprocessed by ``nnUNetv2_plan_and_preprocess -pl
+nnUNetPlannerResEncL``. The dry run writes a tiny preprocessed dataset with hand-written ResEnc
+plans instead (seconds).
 """
 from __future__ import annotations
 
@@ -29,22 +34,23 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import data_pipeline, step_profile  # noqa: E402
-from nnunet_voco.pretrain.loop import train_step  # noqa: E402
+from benchmarks import data_pipeline  # noqa: E402
 
 GPU_DATA = {"id": 995, "name": "BenchResEncL", "shape": (96, 320, 320), "cases": 6}  # (z, y, x) at 2.5 x 1 x 1 mm
 DRY_DATA = {"id": 996, "name": "BenchDryRun", "shape": (16, 48, 48), "cases": 2}
 PLANS_L = "nnUNetResEncUNetLPlans"
+VARIANT_FLAGS = {"eager": [], "compile": ["--compile"]}
 
 
 def prepare_gpu_data(root: str, spec: dict, processes: int, log=print) -> list:
-    """Phantoms planned with the ResEnc-L planner (once); returns the dataset sources."""
+    """Phantoms planned with the ResEnc-L planner (once per ``spec``); returns the dataset sources."""
     from nnunet_voco.demo import phantom
     from nnunet_voco.nnunet import open_dataset
 
@@ -52,9 +58,10 @@ def prepare_gpu_data(root: str, spec: dict, processes: int, log=print) -> list:
     marker = os.path.join(root, f"ready_{spec['id']}.json")
     if not (os.path.isfile(marker) and json.load(open(marker)) == json.loads(json.dumps(spec))):
         start = time.perf_counter()
-        log(f"gpu benchmark data: {spec['cases']} phantoms of {spec['shape']} -> nnUNetPlannerResEncL ...")
+        log(f"gpu benchmark data: {spec['cases']} phantoms of {tuple(spec['shape'])} -> nnUNetPlannerResEncL ...")
         phantom.write_nnunet_raw_dataset(os.environ["nnUNet_raw"], spec["id"], spec["name"],
-                                         list(range(spec["cases"])), shape=spec["shape"], spacing=(2.5, 1.0, 1.0))
+                                         list(range(spec["cases"])), shape=tuple(spec["shape"]),
+                                         spacing=(2.5, 1.0, 1.0))
         cmd = [data_pipeline._console("nnUNetv2_plan_and_preprocess"), "-d", str(spec["id"]), "-c", "3d_fullres",
                "-pl", "nnUNetPlannerResEncL", "-np", str(processes), "-npfp", str(processes)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -78,108 +85,166 @@ def prepare_dry_run_data(root: str) -> list:
     return [open_dataset(DRY_DATA["id"], PLANS_L, "3d_fullres")]
 
 
-def measure_throughput(pipe: step_profile.Pipeline, steps: int, warmup: int, sync_every_step: bool = False) -> dict:
-    """Steps/s, volumes/s, peak memory and data-wait share of ``steps`` steps after ``warmup``.
+class UtilisationSampler:
+    """GPU utilisation samples (NVML, every 0.2 s) in a thread; nothing where NVML is missing."""
 
-    The loop mirrors ``run_pretraining``'s inner loop (next batch, ``train_step``, EMA update) and
-    reads nothing from the device per step unless ``sync_every_step``.
+    def __init__(self, device_index: int = 0):
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle, self._nvml = pynvml.nvmlDeviceGetHandleByIndex(device_index), pynvml
+        except Exception:  # no nvidia-ml-py, no driver, no GPU
+            self._handle = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while self._handle is not None and not self._stop.wait(0.2):
+            self.samples.append((time.time(), int(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)))
+
+    def __enter__(self) -> "UtilisationSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mean_between(self, start: float | None, end: float | None) -> float | None:
+        window = [u for t, u in self.samples if start is not None and end is not None and start <= t <= end]
+        return sum(window) / len(window) if window else None
+
+
+def _metric_rows(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("}\n")]
+
+
+def run_variant(name: str, dataset: str, folder: str, device: str, steps: int, warmup: int, extra: list[str],
+                timeout: float, log=print) -> dict:
+    """One ``voco_pretrain`` run of ``warmup + steps`` steps; throughput from its metric rows.
+
+    Rows come every ``warmup`` steps (every ``steps`` without warm-up), so the first row closes the
+    warm-up and the rows after it cover the timed steps exactly.
     """
-    device = pipe.ctx.device
-    iterator = iter(pipe.loader)
-    flags, data_s = [], 0.0
-    try:
-        for i in range(warmup + steps):
-            if i == warmup:
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                start = time.perf_counter()
-            t0 = time.perf_counter()
-            batch = next(iterator)
-            if i >= warmup:
-                data_s += time.perf_counter() - t0
-            stats = train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype,
-                               pipe.config, pipe.device_augment, pipe.generator, pipe.inplane)
-            pipe.model.update_teacher(pipe.config.ema_momentum)
-            flags.append(bool(stats["finite"]) if sync_every_step else stats["finite"])
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        total = time.perf_counter() - start
-    finally:
-        if hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"steps_per_s": steps / total, "volumes_per_s": steps * pipe.batch_size / total,
-            "ms_per_step": 1e3 * total / steps, "peak_gpu_gib": peak, "data_wait_share": data_s / total,
-            "all_finite": all(bool(f) for f in flags), "steps": steps}
+    log_every = warmup if warmup > 0 else steps
+    argv = [sys.executable, "-m", "nnunet_voco.pretrain.cli", "-d", dataset, "-p", PLANS_L, "-device", device,
+            "-o", folder, "--overwrite", "--num_steps", str(warmup + steps), "--log_every", str(log_every),
+            "--val_cases", "0", "--save_every", str(10 * (warmup + steps))] + VARIANT_FLAGS[name] + extra
+    log(f"gpu benchmark: {name}: {' '.join(argv[1:])}")
+    metrics, marks = os.path.join(folder, "metrics.jsonl"), {}
+    start = time.perf_counter()
+    with UtilisationSampler() as sampler, open(os.path.join(os.path.dirname(folder), f"{name}.log"), "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        seen = 0
+        while proc.poll() is None and time.perf_counter() - start < timeout:
+            time.sleep(0.1)
+            rows = _metric_rows(metrics)
+            if len(rows) > seen:  # wall-clock marks of the rows, for the utilisation window
+                seen, marks["last"] = len(rows), time.time()
+                if "warm" not in marks and rows[-1]["step"] >= warmup:
+                    marks["warm"] = marks["last"]
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"variant": name, "failed": f"exit code {proc.returncode}; see {out.name}", "wall_s": wall}
+    config = json.load(open(os.path.join(folder, "config.json")))
+    timed = [r for r in _metric_rows(metrics) if "loss" in r and r["step"] > warmup]
+    seconds = sum(r["seconds"] for r in timed)
+    n = timed[-1]["step"] - warmup
+    peaks = [r["peak_gpu_gib"] for r in timed if "peak_gpu_gib" in r]
+    return {"variant": name, "steps": n, "batch_size": config["batch_size"], "crop_size": config["crop_size"],
+            "grid": config["grid"], "steps_per_s": n / seconds, "volumes_per_s": n * config["batch_size"] / seconds,
+            "ms_per_step": 1e3 * seconds / n, "data_wait_share": sum(r["data_wait_share"] * r["seconds"]
+                                                                     for r in timed) / seconds,
+            "peak_gpu_gib": max(peaks) if peaks else None, "gpu_util_mean": sampler.mean_between(
+                marks.get("warm"), marks.get("last")), "wall_s": wall, "folder": folder}
 
 
-def variants(compile_too: bool) -> list[tuple[str, dict]]:
-    rows = [("eager", {"compile": False, "sync": False}),
-            ("eager, finite flag read every step", {"compile": False, "sync": True})]
-    if compile_too:
-        rows.append(("compile (encoder)", {"compile": True, "sync": False}))
-    return rows
+def step_ratio(sources, device: str, repeats: int, crop_size=None, batch_size: int | None = None) -> dict:
+    """VoCo step over the encoder's own forward + backward at the run's layout (eager)."""
+    from benchmarks import step_profile
+
+    pipe = step_profile.build_pipeline(sources, PLANS_L, crop_size=crop_size, batch_size=batch_size, device=device,
+                                       num_workers=0)
+    return step_profile.step_over_encoder(pipe, repeats)
 
 
 def markdown(result: dict) -> str:
     m = result["meta"]
-    head = (f"{m['device_name']}, plans {m['plans']} (patch {tuple(m['patch_size'])}), crop {tuple(m['crop_size'])}, "
-            f"grid {tuple(m['grid'])}, {m['batch_size']} volume(s) = {m['crops_per_step']} crops per step, "
-            f"{m['precision']}, {m['num_workers']} data workers, {m['steps']} timed steps after {m['warmup']}")
-    lines = [head, "", "| variant | steps/s | volumes/s | ms / step | peak GPU memory (GiB) | data wait |",
-             "|---|---|---|---|---|---|"]
+    lines = [f"{m['device_name']}, plans {m['plans']}, {m['steps']} timed steps after {m['warmup']}, torch "
+             f"{m['torch']}", "", "| variant | volumes/step | crop | steps/s | volumes/s | ms / step | peak GPU GiB | "
+             "GPU util % | data wait |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        if r.get("skipped"):
-            lines.append(f"| {r['variant']} | skipped: {r['skipped']} | | | | |")
+        if "failed" in r:
+            lines.append(f"| {r['variant']} | failed: {r['failed']} | | | | | | | |")
             continue
         peak = "-" if r["peak_gpu_gib"] is None else f"{r['peak_gpu_gib']:.1f}"
-        lines.append(f"| {r['variant']} | {r['steps_per_s']:.2f} | {r['volumes_per_s']:.2f} | {r['ms_per_step']:.0f} | "
-                     f"{peak} | {100 * r['data_wait_share']:.1f}% |")
+        util = "-" if r["gpu_util_mean"] is None else f"{r['gpu_util_mean']:.0f}"
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {tuple(r['crop_size'])} x {r['grid']} | "
+                     f"{r['steps_per_s']:.2f} | {r['volumes_per_s']:.2f} | {r['ms_per_step']:.0f} | {peak} | {util} | "
+                     f"{100 * r['data_wait_share']:.1f}% |")
+    ratio = result.get("step_over_encoder")
+    if ratio:
+        lines += ["", f"VoCo step {ratio['step_ms']:.1f} ms over the encoder's own forward + backward "
+                      f"{ratio['encoder_ms']:.1f} ms at the same {ratio['crops']} crops: {ratio['ratio']:.2f}x "
+                      f"(target <= 1.3x)"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry_run", action="store_true", help="[OPTIONAL] tiny synthetic run on the CPU (fp32)")
+    parser.add_argument("--dry_run", action="store_true", help="[OPTIONAL] tiny synthetic data on the CPU (fp32)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None, help="[OPTIONAL] default cuda (dry run: cpu)")
     parser.add_argument("--steps", type=int, default=None, help="[OPTIONAL] timed steps (default 20; dry run 2)")
     parser.add_argument("--warmup", type=int, default=None, help="[OPTIONAL] untimed steps (default 5; dry run 1)")
-    parser.add_argument("--no_compile", action="store_true", help="[OPTIONAL] skip the torch.compile variant")
-    parser.add_argument("--num_workers", type=int, default=None, help="[OPTIONAL] default: the loop's default")
+    parser.add_argument("--variants", default=None, help="[OPTIONAL] comma-separated, from eager,compile "
+                                                         "(default both; dry run: eager)")
+    parser.add_argument("--ratio_repeats", type=int, default=None, help="[OPTIONAL] timed pairs of the step / encoder "
+                                                                        "ratio (default 5; dry run 1; 0: skip)")
     parser.add_argument("--cases", type=int, default=GPU_DATA["cases"], help="[OPTIONAL] phantom cases")
-    parser.add_argument("--root", default=None, help="[OPTIONAL] data cache folder")
+    parser.add_argument("--shape", type=int, nargs=3, default=GPU_DATA["shape"], help="[OPTIONAL] phantom (z, y, x)")
+    parser.add_argument("--crop_size", type=int, nargs=3, default=None, help="[OPTIONAL] default: voco_pretrain's")
+    parser.add_argument("--batch_size", type=int, default=None, help="[OPTIONAL] default: voco_pretrain's")
+    parser.add_argument("--timeout", type=float, default=600, help="[OPTIONAL] seconds per variant")
+    parser.add_argument("--root", default=None, help="[OPTIONAL] data and run folder")
     parser.add_argument("--out", default=None, help="[OPTIONAL] JSON path (default benchmarks/results/gpu_<time>.json)")
+    parser.add_argument("pretrain_flags", nargs="*", help="[OPTIONAL] after --: more voco_pretrain flags")
     args = parser.parse_args(argv)
-    if not args.dry_run and not torch.cuda.is_available():
-        parser.error("no CUDA device here; run on a GPU machine or pass --dry_run")
+    device = args.device or ("cpu" if args.dry_run else "cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here; run on a GPU machine or pass --dry_run / --device cpu")
     steps = args.steps or (2 if args.dry_run else 20)
     warmup = args.warmup if args.warmup is not None else (1 if args.dry_run else 5)
+    repeats = args.ratio_repeats if args.ratio_repeats is not None else (1 if args.dry_run else 5)
+    variants = (args.variants or ("eager" if args.dry_run else "eager,compile")).split(",")
+    unknown = [v for v in variants if v not in VARIANT_FLAGS]
+    if unknown:
+        parser.error(f"unknown --variants {','.join(unknown)}; choose from {','.join(VARIANT_FLAGS)}")
     root = args.root or os.path.join(tempfile.gettempdir(), "nnunet_voco_bench_gpu")
     if args.dry_run:
-        sources, device, precision = prepare_dry_run_data(root), "cpu", "fp32"
+        sources, spec = prepare_dry_run_data(root), DRY_DATA
     else:
-        torch.backends.cudnn.benchmark = True
-        spec = dict(GPU_DATA, cases=args.cases)
-        sources, device, precision = prepare_gpu_data(root, spec, max(1, min(8, (os.cpu_count() or 2) // 2))), "cuda", "bf16"
-    rows, meta = [], None
-    for name, v in variants(not args.no_compile and not args.dry_run):
-        pipe = step_profile.build_pipeline(sources, PLANS_L, device=device, precision=precision, compile=v["compile"],
-                                           num_workers=args.num_workers)
-        if meta is None:
-            cm = sources[0].configuration_manager
-            meta = {"device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU (dry run)",
-                    "plans": PLANS_L, "patch_size": list(cm.patch_size), "crop_size": list(pipe.layout.crop_size),
-                    "grid": list(pipe.layout.grid), "batch_size": pipe.batch_size,
-                    "crops_per_step": pipe.batch_size * (pipe.layout.num_bases + pipe.layout.num_targets),
-                    "precision": precision, "num_workers": pipe.num_workers, "steps": steps, "warmup": warmup,
-                    "torch": torch.__version__, "dry_run": args.dry_run}
-        rows.append({"variant": name, **measure_throughput(pipe, steps, warmup, v["sync"])})
-        del pipe
-        if device == "cuda":
-            torch.cuda.empty_cache()
-    if args.dry_run:
-        rows.append({"variant": "compile (encoder)", "skipped": "dry run (CPU); compile is measured on the GPU"})
-    result = {"meta": meta, "rows": rows}
+        spec = dict(GPU_DATA, cases=args.cases, shape=list(args.shape))
+        sources = prepare_gpu_data(root, spec, max(1, min(8, (os.cpu_count() or 2) // 2)))
+    os.makedirs(os.path.join(root, "runs"), exist_ok=True)
+    geometry = (["--crop_size", *map(str, args.crop_size)] if args.crop_size else []) + (
+        ["--batch_size", str(args.batch_size)] if args.batch_size else [])
+    rows = [run_variant(v, str(spec["id"]), os.path.join(root, "runs", v), device, steps, warmup,
+                        geometry + args.pretrain_flags, args.timeout) for v in variants]
+    cm = sources[0].configuration_manager
+    meta = {"device_name": torch.cuda.get_device_name() if device == "cuda" else "CPU", "plans": PLANS_L,
+            "patch_size": list(cm.patch_size), "steps": steps, "warmup": warmup, "torch": torch.__version__,
+            "dry_run": args.dry_run, "bf16_native": device == "cuda" and torch.cuda.is_bf16_supported(False)}
+    result = {"meta": meta, "rows": rows,
+              "step_over_encoder": step_ratio(sources, device, repeats, args.crop_size, args.batch_size)
+              if repeats > 0 else None}
     print(markdown(result))
     out = args.out or str(Path(__file__).resolve().parent / "results" / time.strftime("gpu_%Y%m%d_%H%M%S.json"))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -11,9 +11,10 @@ augmentation), forward, backward (with gradient clipping), optimiser, EMA. On CU
 boundary synchronises (profiling only; ``train_step`` itself never syncs).
 
 ``scaling``: one step (``train_step`` + EMA, synthetic batches) against the encoder alone
-(forward + backward of the pooled stage features, same crops) as the number of base crops and the
-crop edge grow; the ratio step / encoder is VoCo's overhead (projector, loss, crop bookkeeping,
-optimiser). Peak memory: :func:`benchmarks.peak_memory.peak_memory`.
+(forward + backward of the pooled stage features, same crops, same autocast) as the number of base
+crops and the crop edge grow; the ratio step / encoder is VoCo's overhead (projector, loss, crop
+bookkeeping, optimiser). ``step_over_encoder``: the same ratio at the run's own layout and volumes
+per step. Peak memory: :func:`benchmarks.peak_memory.peak_memory`.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from nnunet_voco.voco import geometry  # noqa: E402
 from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
-from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
+from nnunet_voco.pretrain.distributed import RunContext, autocast  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
 from nnunet_voco.pretrain.run_setup import RunSetup, resolve_run  # noqa: E402
 
@@ -177,9 +178,53 @@ def synthetic_batch(layout, batch_size: int, channels: int, seed: int = 0) -> di
             "overlaps": torch.from_numpy(overlaps)}
 
 
-def _encoder_pass(encoder: torch.nn.Module, crops: torch.Tensor) -> None:
+def _encoder_pass(encoder: torch.nn.Module, crops: torch.Tensor, amp_dtype=None) -> None:
+    """Forward + backward of the encoder alone, under the autocast ``train_step`` uses."""
     encoder.zero_grad(set_to_none=True)
-    pool_stage_features(encoder(crops)).mean().backward()
+    with autocast(crops.device, amp_dtype):
+        maps = encoder(crops)
+    pool_stage_features(maps).mean().backward()
+
+
+def step_over_encoder(pipe: Pipeline, repeats: int = 5) -> dict:
+    """One VoCo step (``train_step`` + EMA) over the encoder's own forward + backward, at the run's
+    layout and volumes per step (synthetic crops on the device), under the run's autocast.
+
+    Two untimed pairs first (cuDNN autotuning, optimiser state), then ``repeats`` timed pairs, step
+    and encoder alternating; medians.
+
+    Returns:
+        dict with ``step_ms``, ``encoder_ms``, ``ratio``, ``crops``, ``batch_size``, ``crop_size``,
+        ``grid``, ``step_peak_gib`` and ``encoder_peak_gib`` (GiB above what was allocated before; None on
+        the CPU).
+    """
+    device, layout = pipe.ctx.device, pipe.layout
+    batch = {k: v.to(device) for k, v in synthetic_batch(layout, pipe.batch_size, _in_channels(pipe.model.encoder))
+             .items()}
+    crops = torch.cat([batch["targets"].flatten(0, 1), batch["bases"].flatten(0, 1)])
+
+    def step():
+        train_step(pipe.model, batch, pipe.optimizer, pipe.setup.scaler, pipe.ctx, pipe.amp_dtype, pipe.config, None,
+                   pipe.generator, pipe.inplane)
+        pipe.model.update_teacher(pipe.config.ema_momentum)
+
+    def encoder():
+        _encoder_pass(pipe.model.encoder, crops, pipe.amp_dtype)
+
+    with peak_memory(device) as step_peak:
+        step(), step()
+    with peak_memory(device) as enc_peak:
+        encoder(), encoder()
+    step_ms, enc_ms = [], []
+    for _ in range(repeats):
+        step_ms.append(wall_ms(step, device))
+        enc_ms.append(wall_ms(encoder, device))
+    pipe.model.encoder.zero_grad(set_to_none=True)
+    s, e = statistics.median(step_ms), statistics.median(enc_ms)
+    gib = (lambda mib: mib / 1024) if device.type == "cuda" else (lambda mib: None)
+    return {"step_ms": s, "encoder_ms": e, "ratio": s / e, "crops": int(crops.shape[0]), "batch_size": pipe.batch_size,
+            "crop_size": list(layout.crop_size), "grid": list(layout.grid), "step_peak_gib": gib(step_peak[0]),
+            "encoder_peak_gib": gib(enc_peak[0])}
 
 
 def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64), base_crop_edge: int | None = None,
@@ -223,11 +268,11 @@ def scaling(pipe: Pipeline, base_counts=(4, 9, 16, 27), crop_edges=(32, 48, 64),
         with peak_memory(device) as step_peak:
             step(batch)
         with peak_memory(device) as enc_peak:
-            _encoder_pass(pipe.model.encoder, crops)
+            _encoder_pass(pipe.model.encoder, crops, pipe.amp_dtype)
         step_ms, enc_ms = [], []
         for _ in range(repeats):
             step_ms.append(wall_ms(lambda: step(batch), device))
-            enc_ms.append(wall_ms(lambda: _encoder_pass(pipe.model.encoder, crops), device))
+            enc_ms.append(wall_ms(lambda: _encoder_pass(pipe.model.encoder, crops, pipe.amp_dtype), device))
         pipe.model.encoder.zero_grad(set_to_none=True)
         step_med, enc_med = statistics.median(step_ms), statistics.median(enc_ms)
         rows.append({"sweep": sweep, "bases": k, "crop": edge, "crops": int(crops.shape[0]), "step_ms": step_med,

@@ -88,11 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
         "Default %(default)s")
     add("--foreground_probability", type=float, default=d.foreground_probability,
         help="share of windows centred on labelled (or body-mask) voxels. Default %(default)s")
-    add("--num_workers", type=int, default=None, help="data-loading workers per process. Default min(4, CPUs-1)")
+    add("--num_workers", type=int, default=None,
+        help="data-loading workers per process. Default min(4, CPUs / processes on this machine - 1)")
     add("--precision", choices=("bf16", "fp16", "fp32"), default=None,
-        help="autocast precision. Default bf16 on CUDA, fp32 elsewhere (the loss is always fp32)")
-    add("--compile", action="store_true", help="torch.compile the encoder (CUDA)")
+        help="autocast precision of the encoder. Default bf16 on CUDA where the GPU has it natively, else fp16 "
+             "with loss scaling; fp32 elsewhere (pooling, projector and loss always run in fp32)")
+    add("--compile", action="store_true",
+        help="torch.compile the encoder (CUDA); a compiled run resumes with or without --compile")
     add("--channels_last", action="store_true", help="channels_last_3d memory format (CUDA)")
+    add("--no_cudnn_benchmark", dest="cudnn_benchmark", action="store_false",
+        help="CUDA: keep PyTorch's default convolution heuristics instead of cuDNN autotuning (on by default: the "
+             "crops have one fixed shape)")
     add("--val_cases", type=int, default=d.val_cases,
         help="cases held out of training for the position monitor (deterministic, listed in config.json); "
              "0 disables it. Default %(default)s")

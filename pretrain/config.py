@@ -56,6 +56,7 @@ class PretrainConfig:
     precision: Optional[str] = None  # bf16 | fp16 | fp32; default bf16 on CUDA, fp32 elsewhere
     compile: bool = False  # torch.compile the encoder
     channels_last: bool = False  # channels_last_3d memory format (CUDA)
+    cudnn_benchmark: bool = True  # cuDNN autotuning on CUDA (--no_cudnn_benchmark turns it off)
     val_cases: int = 2  # cases held out for the position monitor (0: off)
     val_every: int = 500  # steps between held-out evaluations (and one at step 0)
     val_windows: int = 24  # fixed held-out windows (4 target crops each)

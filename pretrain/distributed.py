@@ -1,8 +1,18 @@
-"""Process context of a run: device, DDP under torchrun, precision and preemption signals."""
+"""Process context of a run: device, DDP under torchrun, precision and preemption signals.
+
+Collectives (DESIGN.md section 9: every rank takes part in every collective, or none does):
+the gradient all-reduce of DDP (nccl on CUDA, gloo on CPU) and, on the host, the stop flag
+(:meth:`RunContext.any_rank`, every few steps), the held-out monitor's gather
+(:meth:`RunContext.all_gather`, where every rank evaluates its share) and the barriers at the
+folder claim and at the end, all over a gloo group so that they never wait for the GPU. Process
+groups get :data:`COLLECTIVE_TIMEOUT`: a rank that stays behind longer than that (rank 0 writing
+a checkpoint to a slow file system, a first compiled step) is an error rather than a hang.
+"""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 import signal
 
@@ -10,6 +20,11 @@ import torch
 import torch.distributed as dist
 
 from nnunet_voco.nnunet import UserInputError
+
+# Longer than NCCL's 10-minute default: rank 0 alone writes checkpoints and exports (a few GB on a
+# network file system) while the other ranks wait at the next collective; torch.compile's first
+# step may take minutes on some ranks.
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclasses.dataclass
@@ -21,6 +36,7 @@ class RunContext:
     world_size: int = 1
     local_rank: int = 0
     control_group: object = None  # gloo group for host-side flags when the main backend is nccl
+    local_world_size: int = 1  # processes of this run on this machine (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -31,15 +47,25 @@ class RunContext:
         return self.world_size > 1
 
     def barrier(self) -> None:
+        """All ranks meet (over gloo: never blocked by queued GPU work)."""
         if self.distributed:
-            dist.barrier()
+            dist.barrier(group=self.control_group)
+
+    def all_gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (pickled, over gloo); ``[obj]`` without DDP."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj, group=self.control_group)
+        return out
 
     def any_rank(self, *flags: bool) -> list[bool]:
         """Element-wise OR of ``flags`` over all ranks, so that every rank takes the same branch.
 
         One small all-reduce of a CPU tensor per call under DDP, over gloo, so it never waits for the
         GPU (a signal may reach the ranks a step apart, and a rank that leaves the loop alone would
-        wait forever in a collective); a no-op otherwise.
+        wait forever in a collective); a no-op otherwise. The loop calls it every few steps, at
+        the same steps on every rank.
         """
         if not self.distributed:
             return [bool(f) for f in flags]
@@ -54,7 +80,7 @@ class RunContext:
         if clean and self.distributed and dist.is_initialized():
             # A barrier before destroy_process_group: without it one gloo rank aborted at exit
             # ("terminate called without an active exception") in one of two runs (DESIGN.md 7).
-            dist.barrier()
+            dist.barrier(group=self.control_group)
             dist.destroy_process_group()
 
 
@@ -72,29 +98,64 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def init_context(device_name: str | None) -> RunContext:
-    """Set up the device and, under torchrun (``WORLD_SIZE`` > 1), the process group (nccl/gloo)."""
+    """Set up the device and, under torchrun (``WORLD_SIZE`` > 1), the process group.
+
+    CUDA: nccl bound to this rank's GPU (``device_id``: the communicator is created at once, on the
+    right device) plus a gloo group for host-side collectives; CPU: gloo. Both with
+    :data:`COLLECTIVE_TIMEOUT`.
+    """
     device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return RunContext(device)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device, control = init_process_groups(device, local_rank)
+    return RunContext(device, rank, world_size, local_rank, control, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def init_process_groups(device: torch.device, local_rank: int) -> tuple[torch.device, object]:
+    """The process groups of :func:`init_context` (torchrun's environment rendezvous); returns this
+    rank's device and the gloo group for host-side collectives (None on CPU: the main group is gloo)."""
+    if device.type != "cuda":
+        dist.init_process_group("gloo", timeout=COLLECTIVE_TIMEOUT)
+        return device, None
+    torch.cuda.set_device(local_rank)
+    device = torch.device("cuda", local_rank)
+    dist.init_process_group("nccl", device_id=device, timeout=COLLECTIVE_TIMEOUT)
+    return device, dist.new_group(backend="gloo", timeout=COLLECTIVE_TIMEOUT)
+
+
+def configure_backends(device: torch.device, cudnn_benchmark: bool = True) -> None:
+    """cuDNN autotuning on CUDA (the crops have one fixed shape, so the first steps' search pays
+    off); ``cudnn_benchmark=False`` (``--no_cudnn_benchmark``) keeps PyTorch's default heuristics."""
     if device.type == "cuda":
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    control = dist.new_group(backend="gloo") if device.type == "cuda" else None
-    return RunContext(device, rank, world_size, local_rank, control)
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
 
 
-def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: bf16 by default on CUDA, none (fp32) elsewhere."""
-    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
+def resolve_precision(precision: str | None, device: torch.device) -> tuple[torch.dtype | None, str | None]:
+    """Autocast dtype and a note for the log (or None).
+
+    Default: bf16 on CUDA when the GPU has native bf16 (Ampere and newer), else fp16 with a
+    GradScaler; fp32 elsewhere. An explicit ``--precision bf16`` on a GPU that only emulates it runs,
+    with a warning.
+    """
     table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-    if precision not in table:
+    if precision is not None and precision not in table:
         raise UserInputError(f"unknown precision {precision!r}; pass --precision bf16, fp16 or fp32")
-    if table[precision] is not None and device.type != "cuda":
+    if precision not in (None, "fp32") and device.type != "cuda":
         raise UserInputError(f"--precision {precision} needs a CUDA device (got {device.type}); use --precision fp32")
-    return table[precision]
+    if device.type != "cuda":
+        return None, None
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if precision is None:
+        if native_bf16:
+            return torch.bfloat16, None
+        return torch.float16, ("VoCo: precision fp16 with loss scaling (GradScaler): this GPU has no native bf16 "
+                               "(pass --precision fp32 to train without autocast)")
+    if precision == "bf16" and not native_bf16:
+        return torch.bfloat16, ("VoCo: warning: --precision bf16 is emulated on this GPU (slow); --precision fp16 "
+                                "uses its half-precision units")
+    return table[precision], None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -8,6 +8,12 @@ One step: a batch of volumes (each ``K`` base + ``S`` target crops with overlap 
 :class:`~nnunet_voco.voco.model.VoCoModel` -> losses -> backward -> gradient clipping -> AdamW with
 warm-up + cosine learning rate -> EMA teacher update. Runs on CPU, one GPU, or many under torchrun
 (DDP; teachers take no gradients, so no ``find_unused_parameters``).
+
+Host synchronisation (DESIGN.md section 9): the loop reads device values only every ``--log_every``
+steps, with one transfer, inside its step timer, so that ``data_wait_share`` (time blocked on
+the data loader over the window's wall time) and ``seconds`` in each metric row cover the GPU work
+too. Under DDP the ranks agree on a stop request every :data:`STOP_CHECK_EVERY` steps (at most),
+at the same steps; the held-out monitor is evaluated by every rank, each its share of the windows.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from nnunet_voco.voco.augment import augment_crops
 from nnunet_voco.voco.monitor import LearningGuard, evaluate
 
 LOGGED = LOSS_KEYS + HEALTH_KEYS
+STOP_CHECK_EVERY = 10  # steps between the ranks' agreement on a stop request (also every --log_every)
 
 
 class Interrupted(Exception):
@@ -75,6 +82,11 @@ def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment,
     the optimiser is told through ``found_inf`` as GradScaler does (fused AdamW then leaves weights,
     moments and step count untouched). ``stats["finite"]`` is a 0-d bool tensor on the device: read
     it only every few steps. Optimisers without ``found_inf`` support fall back to one sync.
+
+    fp16 (``scaler``): a step whose loss is finite but whose gradients overflow is GradScaler's normal
+    business (it skips the update and lowers the scale); it is reported as ``stats["overflow"]`` and
+    not counted as non-finite. It counts only once the scale has fallen below 1, where the gradients
+    overflow although they are scaled down.
     """
     targets = batch["targets"].to(ctx.device, non_blocking=True)
     bases = batch["bases"].to(ctx.device, non_blocking=True)
@@ -97,8 +109,12 @@ def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment,
     params = [p for g in optimizer.param_groups for p in g["params"]]
     norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip if config.grad_clip > 0 else float("inf"))
     finite = torch.isfinite(norm)
+    overflow = None
     if scaler is not None:
-        scaler.step(optimizer)  # skips on its own: the unscaled gradients hold the NaN
+        loss_ok = torch.isfinite(out["loss"].detach())
+        overflow = loss_ok & ~finite
+        counted = loss_ok & (finite | (scaler._get_scale_async() >= 1.0))  # before update() lowers the scale
+        scaler.step(optimizer)  # skips on its own: the unscaled gradients hold the NaN / Inf
         scaler.update()
     elif getattr(optimizer, "_step_supports_amp_scaling", False) and all(g.get("fused") for g in optimizer.param_groups):
         optimizer.found_inf = (~finite).float()
@@ -109,7 +125,9 @@ def train_step(model, batch, optimizer, scaler, ctx, amp_dtype, config, augment,
     elif bool(finite):  # host sync: only for optimisers that cannot skip on the device
         optimizer.step()
     stats = {k: v.detach() for k, v in out.items()}
-    stats["finite"] = finite
+    stats["finite"] = finite if overflow is None else counted
+    if overflow is not None:
+        stats["overflow"] = overflow
     return stats
 
 
@@ -124,6 +142,11 @@ class _LoopState:
     padding_warned: bool = False
     stopping: bool = False
     timings: dict = dataclasses.field(default_factory=lambda: {"data": 0.0, "step": 0.0, "val": 0.0})
+    window_timings: dict = dataclasses.field(default_factory=lambda: {"data": 0.0, "step": 0.0})
+
+    def add_time(self, data: float, step: float) -> None:
+        for t in (self.timings, self.window_timings):
+            t["data"], t["step"] = t["data"] + data, t["step"] + step
 
 
 def _log_start(setup: RunSetup, config, folder: str, resume_from, step: int, log) -> None:
@@ -139,7 +162,13 @@ def _log_start(setup: RunSetup, config, folder: str, resume_from, step: int, log
 
 
 def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: LearningGuard, log) -> None:
-    row = {"step": state.step, **evaluate(setup.model, monitor, setup.batch_size, setup.ctx.device)}
+    """Every rank evaluates its share of the monitor's windows (same autocast as training, eager
+    encoder) and gets the same row; rank 0 logs it."""
+    ctx = setup.ctx
+    with autocast(ctx.device, setup.amp_dtype):
+        metrics = evaluate(setup.model, monitor, setup.batch_size, ctx.device, ctx.rank, ctx.world_size,
+                           ctx.all_gather)
+    row = {"step": state.step, **metrics}
     state.timings["val"] += row["val_seconds"]
     state.history.append(row)
     log.metrics(row)
@@ -152,20 +181,33 @@ def _held_out_evaluation(setup: RunSetup, monitor, state: _LoopState, guard: Lea
     guard(row)
 
 
-def _log_window(setup: RunSetup, config, state: _LoopState, bar, folder: str, log) -> None:
-    """Every ``--log_every`` steps (a host sync): account non-finite steps, write one metric row."""
-    window, step = state.window, state.step
-    flags = [bool(w["finite"]) for w in window]
-    good = [w for w, ok in zip(window, flags) if ok]
+def _read_window(window: list[dict]) -> tuple[list[str], list[list[float]]]:
+    """The window's per-step device values on the host, in one transfer (the loop's only sync)."""
+    keys = [k for k, v in window[0].items() if isinstance(v, torch.Tensor)]
+    device = torch.stack([torch.stack([w[k].float() for k in keys]) for w in window]).cpu().tolist()
+    host = [k for k in window[0] if k not in keys]  # already on the host
+    return keys + host, [d + [w[k] for k in host] for d, w in zip(device, window)]
+
+
+def _log_window(setup: RunSetup, config, state: _LoopState, values, bar, folder: str, log) -> None:
+    """Every ``--log_every`` steps, after :func:`_read_window`: account non-finite steps, write one metric row."""
+    (keys, rows), step = values, state.step
+    steps = [dict(zip(keys, r)) for r in rows]
+    flags = [bool(w["finite"]) for w in steps]
+    good = [w for w, ok in zip(steps, flags) if ok]
     state.bad_streak = account_nonfinite(flags, step, state.bad_streak, config, log,
                                          os.path.join(folder, run_state.LATEST))
     state.window = []
+    t, state.window_timings = state.window_timings, {"data": 0.0, "step": 0.0}
     if not good:
         return
-    t = state.timings
     row = {"step": step, "lr": setup.optimizer.param_groups[0]["lr"],
-           **{k: float(torch.stack([w[k] for w in good]).mean()) for k in good[0] if k != "finite"},
-           "data_wait_share": t["data"] / max(t["data"] + t["step"], 1e-9)}
+           **{k: float(np.mean([w[k] for w in good])) for k in keys if k not in ("finite", "overflow")},
+           "seconds": t["data"] + t["step"], "data_wait_share": t["data"] / max(t["data"] + t["step"], 1e-9)}
+    if "overflow" in keys:  # fp16: steps GradScaler skipped, and its scale now
+        row.update(scaler_skipped=int(sum(w["overflow"] for w in steps)), loss_scale=setup.scaler.get_scale())
+    if setup.ctx.device.type == "cuda":
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated(setup.ctx.device) / 2**30
     state.history.append(row)
     log.metrics(row)
     if row["padding_share"] > 0.25 and not state.padding_warned:
@@ -184,6 +226,7 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
     ctx, model, optimizer = setup.ctx, setup.model, setup.optimizer
     bar = tqdm(total=config.num_steps, initial=state.step, disable=not ctx.is_main, desc="VoCo", dynamic_ncols=True,
                mininterval=1.0, file=sys.stdout)
+    stop_every = min(config.log_every, STOP_CHECK_EVERY) if ctx.distributed else 1
     data_iter = iter(loader)
     while state.step < config.num_steps and not state.stopping:
         t0 = time.perf_counter()
@@ -201,14 +244,16 @@ def _train(setup: RunSetup, config, schedule, train_model, loader, generator, mo
         # a skipped (non-finite) update left the student as it was, so the EMA step is harmless
         model.update_teacher(schedule.momentum_at(state.step))
         state.step = step = state.step + 1
-        state.timings["data"], state.timings["step"] = (state.timings["data"] + t1 - t0,
-                                                        state.timings["step"] + time.perf_counter() - t1)
-        state.window.append({**{k: stats[k] for k in LOGGED + ("finite",) if k in stats},
-                             "padding_share": batch["padding_share"].float().mean()})
+        state.window.append({**{k: stats[k] for k in LOGGED + ("finite", "overflow") if k in stats},
+                             "padding_share": float(batch["padding_share"].float().mean())})  # a CPU tensor
+        if step % stop_every == 0 or step == config.num_steps:  # the same steps on every rank
+            (state.stopping,) = ctx.any_rank(stop.signal is not None)
+        log_now = step % config.log_every == 0 or step == config.num_steps or state.stopping
+        values = _read_window(state.window) if log_now else None  # the host sync, inside the step timer
+        state.add_time(t1 - t0, time.perf_counter() - t1)
         bar.update(1)
-        (state.stopping,) = ctx.any_rank(stop.signal is not None)  # every rank stops after the same step
-        if step % config.log_every == 0 or step == config.num_steps:
-            _log_window(setup, config, state, bar, folder, log)
+        if log_now:
+            _log_window(setup, config, state, values, bar, folder, log)
         if monitor is not None and (step % config.val_every == 0 or step == config.num_steps):
             _held_out_evaluation(setup, monitor, state, guard, log)
         if step % config.save_every == 0 and step < config.num_steps and ctx.is_main:
@@ -241,8 +286,10 @@ def _export(setup: RunSetup, config, state: _LoopState, guard: LearningGuard, fo
     outputs.write_progress(folder, state.history)
     t = state.timings
     total = t["data"] + t["step"] + t["val"]
+    peak = (f"; peak GPU memory {torch.cuda.max_memory_allocated(setup.ctx.device) / 2**30:.2f} GiB"
+            if setup.ctx.device.type == "cuda" else "")
     log(f"VoCo: finished {state.step} steps; data wait {100 * t['data'] / max(total, 1e-9):.1f}% and held-out "
-        f"monitor {100 * t['val'] / max(total, 1e-9):.1f}% of the loop time; wrote "
+        f"monitor {100 * t['val'] / max(total, 1e-9):.1f}% of the loop time{peak}; wrote "
         f"{', '.join(os.path.basename(w) for w in written)} to {folder}")
     log(f"VoCo: {guard.summary()}")
 

@@ -19,7 +19,7 @@ from nnunet_voco import __version__
 from nnunet_voco.artifacts import ENCODER_FILE, ENCODER_META_FILE, PRETRAINED_NETWORK_FILE, write_encoder
 from nnunet_voco.checkpoint import save_atomic, to_plain, transfer_encoder
 from nnunet_voco.nnunet import UserInputError
-from nnunet_voco.pretrain.run_state import FINAL, LATEST
+from nnunet_voco.pretrain.run_state import FINAL, LATEST, plain_keys
 from nnunet_voco.storage import folder_lock
 from nnunet_voco.storage.atomic_files import write_files_atomic, write_json_atomic
 from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error, remove_quietly
@@ -219,13 +219,16 @@ def export_final(folder: str, bundle, meta: dict, first_source) -> list[str]:
     ``nnUNetv2_train ... -pretrained_weights FILE`` accepts it (its loader requires every key but
     the segmentation layers).
 
+    The encoder state is taken with wrapper key segments removed (:func:`plain_keys`), so a
+    compiled or DDP-wrapped encoder exports the keys nnU-Net's network has.
+
     Raises:
         DiskWriteError: a file could not be written; ``checkpoint_final.pth`` is complete, and
             ``--c`` on the finished run writes the exports again.
     """
     try:
         written = [os.path.join(folder, ENCODER_FILE)]
-        state = bundle.state_fn()
+        state = plain_keys(bundle.state_fn())
         write_encoder(written[0], state, meta)  # with the .json sidecar the trainers' lookup scans
         if meta.get("encoder_family") == "cnn":
             from nnunet_voco.nnunet import build_plans_network

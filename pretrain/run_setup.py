@@ -11,8 +11,13 @@ and the opened datasets into a frozen :class:`RunSetup` that the loop
 * the volumes per step (:func:`resolve_batch_size`) and the in-plane axes rot90 uses
   (:func:`nnunet_voco.voco.geometry.inplane_axes`, the isotropy test that chose the grid);
 * the preset defaults (:mod:`nnunet_voco.voco.presets`): projector width, embedding dropout, shift;
-* the held-out cases of the position monitor, the data workers and the warm-up;
-* model, fused AdamW, autocast dtype and GradScaler.
+* the held-out cases of the position monitor, the data workers (per process: the machine's CPUs
+  shared by its ranks) and the warm-up;
+* model, fused AdamW, autocast dtype (bf16 only where the GPU has it) and GradScaler, cuDNN
+  autotuning.
+
+Warnings it returns for the log: v2 with one volume per process (the inter-volume term then pairs
+a volume with itself), too little ``/dev/shm`` for the data workers' batches in flight.
 
 Nothing is written here: the loop claims the output folder afterwards, so bad input fails before
 any file exists.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Optional
 
 import numpy as np
@@ -29,8 +35,8 @@ import torch
 from nnunet_voco.encoders import build_encoder
 from nnunet_voco.encoders.bundle import EncoderBundle
 from nnunet_voco.nnunet import UserInputError
-from nnunet_voco.nnunet.loader import VoCoStream, make_loader
-from nnunet_voco.pretrain.distributed import RunContext, autocast_dtype
+from nnunet_voco.nnunet.loader import PREFETCH_FACTOR, VoCoStream, make_loader, shared_memory_need
+from nnunet_voco.pretrain.distributed import RunContext, configure_backends, resolve_precision
 from nnunet_voco.pretrain.run_schedule import default_warmup
 from nnunet_voco.voco import geometry
 from nnunet_voco.voco.augment import AugmentConfig
@@ -118,9 +124,57 @@ def held_out_count(config, num_cases: int) -> tuple[int, Optional[str]]:
     return max(n, 0), warning
 
 
-def default_num_workers() -> int:
-    """Data workers per process when ``--num_workers`` is not given: ``min(4, cpus - 1)``."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what SLURM or a container grants), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_num_workers(local_world_size: int = 1) -> int:
+    """Data workers per process when ``--num_workers`` is not given: ``min(4, cpus / local ranks - 1)``,
+    so that the ranks of one machine share its CPUs (one core each for the rank itself)."""
+    return max(0, min(4, usable_cpus() // max(1, local_world_size) - 1))
+
+
+V2_ONE_VOLUME_WARNING = (
+    "VoCo: warning: preset v2 with 1 volume per step and process: the inter-volume term pairs each volume with "
+    "the next one in the batch, so with one volume it pairs the volume with itself and contrasts no two volumes; "
+    "pass --batch_size 2 or more (or --inter_weight 0 to drop the term)")
+
+
+def one_volume_warning(config, batch_size: int) -> Optional[str]:
+    """:data:`V2_ONE_VOLUME_WARNING` when v2's inter-volume term would pair a volume with itself, else None.
+
+    The v2 loss pairs volume ``i`` with ``i + 1`` within a process's batch (``roll`` over the batch,
+    as the official code does), also under DDP.
+    """
+    if config.preset == "v2" and batch_size == 1 and config.inter_weight > 0:
+        return V2_ONE_VOLUME_WARNING
+    return None
+
+
+def shared_memory_warning(batch_bytes: int, num_workers: int, local_world_size: int,
+                          folder: str = "/dev/shm") -> Optional[str]:
+    """A warning when the data workers' batches in flight on this machine exceed the free space of
+    ``folder`` (the workers hand batches over in shared memory), else None.
+
+    Need: :data:`PREFETCH_FACTOR` batches per worker, per process, times the processes of this
+    machine (:func:`nnunet_voco.nnunet.loader.shared_memory_need`). A full ``/dev/shm`` kills the
+    workers with a bus error (docker's default is 64 MB).
+    """
+    if num_workers <= 0 or not os.path.isdir(folder):
+        return None
+    need = shared_memory_need(batch_bytes, num_workers) * max(1, local_world_size)
+    free = shutil.disk_usage(folder).free
+    if need <= free:
+        return None
+    fits = int(free // (shared_memory_need(batch_bytes, 1) * max(1, local_world_size)))
+    return (f"VoCo: warning: the data workers keep up to {PREFETCH_FACTOR} x {num_workers} batches of "
+            f"{batch_bytes / 2**20:.0f} MiB in {folder} per process ({local_world_size} process(es) on this machine: "
+            f"{need / 2**30:.2f} GiB), but it has {free / 2**30:.2f} GiB free; workers die with a bus error when it "
+            f"fills up: pass --num_workers {fits} or enlarge it (docker run --shm-size={int(-(-need // 2**30)) + 1}g)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +192,7 @@ class RunSetup:
     batch_size: int  # volumes per step and process
     inplane: tuple[int, int]  # the axes rot90 rotates in
     augment: AugmentConfig
-    num_workers: int
+    num_workers: int  # per process
     warmup_steps: int
     train_cases: list  # (source index, identifier)
     val_cases: list
@@ -158,34 +212,52 @@ class RunSetup:
         """The augmentation ``train_step`` applies on the device (None: the data workers applied it)."""
         return self.augment if self.on_device_aug else None
 
+    @property
+    def batch_bytes(self) -> int:
+        """Bytes of one batch as the data workers hand it over (float32 crops, overlaps, padding share)."""
+        layout, b = self.layout, self.batch_size
+        crops = b * (layout.num_bases + layout.num_targets) * self.sources[0].num_input_channels
+        return 4 * (crops * int(np.prod(layout.crop_size)) + b * layout.num_targets * layout.num_bases + b)
+
+    @property
+    def worker_start_method(self) -> Optional[str]:
+        """``forkserver`` on CUDA: data workers start from a clean server process instead of a fork of
+        this one, which holds CUDA and NCCL state (threads, handles) that a fork copies half-way;
+        None (the platform default, fork on Linux) on CPU, where forking is safe and faster."""
+        return "forkserver" if self.ctx.device.type == "cuda" else None
+
     def make_loader(self, start_step: int = 0):
         """The training batches of this rank from ``start_step`` on (endless DataLoader)."""
         sampler = WindowSampler(self.sources, self.layout, self.config.foreground_probability, self.train_cases)
         stream = VoCoStream(sampler, self.config.seed, self.ctx.rank, start_step,
                             None if self.on_device_aug else self.augment, self.inplane)
-        return make_loader(stream, self.batch_size, self.num_workers, pin_memory=self.ctx.device.type == "cuda")
+        return make_loader(stream, self.batch_size, self.num_workers, pin_memory=self.ctx.device.type == "cuda",
+                           start_method=self.worker_start_method)
 
     def training_model(self) -> torch.nn.Module:
         """The module ``train_step`` runs: DDP-wrapped under torchrun, its encoder compiled with ``--compile``.
 
-        Call it after a resumed state was loaded into :attr:`model` (DDP broadcasts rank 0's weights).
+        Call it after a resumed state was loaded into :attr:`model` (DDP broadcasts rank 0's weights):
+        wrappers come after loading, and :attr:`model` (what is saved) stays unwrapped. The compiled
+        encoder is kept outside the module tree (:meth:`VoCoModel.compile_encoder`), so no state dict
+        carries ``_orig_mod.``.
         """
-        train_model = self.model
-        if self.ctx.distributed:
-            ids = [self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
-            train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if self.config.compile:
-            self.model.encoder = torch.compile(self.model.encoder)
-        return train_model
+        if self.config.compile and not self.model.compiled:
+            self.model.compile_encoder()
+        if not self.ctx.distributed:
+            return self.model
+        ids = [self.ctx.local_rank] if self.ctx.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
 
     def augment_generator(self, start_step: int = 0) -> torch.Generator:
         """The CPU generator of the on-device augmentation (one stream per rank and resume step)."""
         return torch.Generator().manual_seed(self.config.seed * 1000003 + self.ctx.rank * 7919 + start_step)
 
     def held_out_windows(self) -> Optional[MonitorWindows]:
-        """The position monitor's fixed windows (rank 0 only; None when off): ``--val_windows`` from the
-        held-out cases and as many, drawn the same way, from training cases (memorising vs learning)."""
-        if not self.val_cases or not self.ctx.is_main:
+        """The position monitor's fixed windows (None when off): ``--val_windows`` from the held-out
+        cases and as many, drawn the same way, from training cases (memorising vs learning). Every rank
+        builds the same windows (fixed seed) and evaluates its share of them."""
+        if not self.val_cases:
             return None
 
         def windows(cases, seed):
@@ -224,8 +296,8 @@ def _build_model(config, ctx: RunContext, bundle: EncoderBundle, preset: Preset)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     if ctx.distributed and ctx.device.type == "cuda":  # before the optimizer sees the parameters;
-        # SyncBatchNorm needs GPU tensors (DDP refuses it on CPU), so gloo ranks keep per-rank statistics
-        model.projector = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.projector)
+        # student and teacher alike; SyncBatchNorm needs GPU tensors, so gloo ranks keep per-rank statistics in both
+        model.convert_sync_batchnorm()
     return model
 
 
@@ -260,14 +332,21 @@ def resolve_run(config, sources, ctx: RunContext) -> RunSetup:
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
                                   fused=ctx.device.type in ("cpu", "cuda"))  # found_inf: skips without a host sync
-    amp_dtype = autocast_dtype(config.precision, ctx.device)
-    return RunSetup(
+    amp_dtype, precision_note = resolve_precision(config.precision, ctx.device)
+    configure_backends(ctx.device, config.cudnn_benchmark)
+    num_workers = (config.num_workers if config.num_workers is not None
+                   else default_num_workers(ctx.local_world_size))
+    setup = RunSetup(
         config=config, ctx=ctx, sources=list(sources), bundle=bundle, shapes=shapes, median_shape=median_shape,
         layout=layout, geometry_rule=rule, batch_size=batch_size,
         inplane=geometry.inplane_axes(layout.grid, first.configuration_manager.spacing, median_shape),
         augment=AugmentConfig(config.flip_prob, config.rot90_prob, shift_prob, scale_prob=config.scale_prob),
-        num_workers=config.num_workers if config.num_workers is not None else default_num_workers(),
+        num_workers=num_workers,
         warmup_steps=config.warmup_steps if config.warmup_steps is not None else default_warmup(config.num_steps),
-        train_cases=train_cases, val_cases=val_cases, warnings=tuple(w for w in (held_warning,) if w) + init_lines,
+        train_cases=train_cases, val_cases=val_cases,
+        warnings=tuple(w for w in (held_warning, precision_note, one_volume_warning(config, batch_size)) if w)
+        + init_lines,
         model=model, optimizer=optimizer, amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+    shm = shared_memory_warning(setup.batch_bytes, num_workers, ctx.local_world_size)
+    return dataclasses.replace(setup, warnings=setup.warnings + (shm,)) if shm else setup

@@ -3,6 +3,11 @@
 Writing and restoring the full state (model, optimiser, scaler, RNG, config; atomic, read with
 ``weights_only=True``), and fixing the learning-rate / momentum schedule when a run is continued
 with ``--c`` (:mod:`nnunet_voco.pretrain.run_schedule`).
+
+States hold the keys of the plain module (DESIGN.md section 9): DDP (``module.``) and
+``torch.compile`` (``_orig_mod.``) wrap after loading and are unwrapped before saving
+(:func:`plain_keys`), so a run trained with ``--compile`` resumes with or without it; states that
+an earlier version wrote with ``encoder._orig_mod.*`` keys load too.
 """
 from __future__ import annotations
 
@@ -19,6 +24,16 @@ from nnunet_voco.pretrain.run_schedule import RunSchedule, default_warmup
 from nnunet_voco.storage.disk_errors import DiskWriteError
 
 LATEST, FINAL = "checkpoint_latest.pth", "checkpoint_final.pth"
+
+
+def plain_keys(state: dict) -> dict:
+    """``state`` with the key segments of wrappers removed: every ``_orig_mod`` (torch.compile) and a
+    leading ``module`` (DDP). ``encoder._orig_mod.stem.w`` -> ``encoder.stem.w``."""
+    def plain(key: str) -> str:
+        parts = [p for p in key.split(".") if p != "_orig_mod"]
+        return ".".join(parts[1:] if parts and parts[0] == "module" else parts)
+
+    return {plain(k): v for k, v in state.items()}
 
 
 def _rng_state() -> dict:
@@ -38,7 +53,7 @@ def save_state(path: str, step: int, model, optimizer, scaler, config, meta: dic
     try:
         save_atomic({
             "format": STATE_FORMAT, "schema_version": SCHEMA_VERSION, "step": int(step),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "model": plain_keys(model.state_dict()), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": _rng_state(), "config": config.to_dict(), "identity": config.identity(), "meta": to_plain(meta),
         }, path)
@@ -71,7 +86,7 @@ def load_state(path: str, model, optimizer, scaler, config) -> tuple[int, dict]:
                                  f"{getattr(config, key)}; --c keeps the schedule of the run (only --num_steps may "
                                  f"change), so resume with --{key} {trained[key]} or start a new run with -o")
     try:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(plain_keys(state["model"]))
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])

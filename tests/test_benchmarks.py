@@ -3,6 +3,7 @@ device-side skip of ``train_step`` and the batched augmentation they measure."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -112,17 +113,26 @@ def test_scaling_rows_follow_the_sweeps(tiny_source):
 
 
 def test_gpu_script_dry_run(tmp_path, monkeypatch):
+    """gpu.py runs voco_pretrain itself and reports the figures of its metric rows."""
     for key, value in data_pipeline.nnunet_folders(str(tmp_path / "nn")).items():
         monkeypatch.setenv(key, value)  # restored after the test
     out = tmp_path / "gpu.json"
-    gpu.main(["--dry_run", "--steps", "1", "--warmup", "0", "--root", str(tmp_path / "nn"), "--out", str(out)])
+    gpu.main(["--dry_run", "--steps", "2", "--warmup", "1", "--root", str(tmp_path / "nn"), "--out", str(out)])
     result = json.loads(out.read_text())
-    assert [r["variant"] for r in result["rows"]] == ["eager", "eager, finite flag read every step",
-                                                      "compile (encoder)"]
-    assert all(r["all_finite"] and r["steps_per_s"] > 0 and 0 <= r["data_wait_share"] <= 1
-               for r in result["rows"][:2])
-    meta = result["meta"]  # the default (data-fitted) crops: at most the patch size
-    assert all(c <= p for c, p in zip(meta["crop_size"], meta["patch_size"])) and meta["dry_run"]
+    [row] = result["rows"]
+    folder = tmp_path / "nn" / "runs" / "eager"
+    assert row["variant"] == "eager" and row["steps"] == 2 and row["folder"] == str(folder)
+    config = json.load(open(folder / "config.json"))  # a real voco_pretrain run with its resolved values
+    assert config["config"]["num_steps"] == 3 and config["batch_size"] == row["batch_size"]
+    assert os.path.isfile(folder / "voco_encoder.pth")
+    timed = [r for r in map(json.loads, open(folder / "metrics.jsonl")) if "loss" in r and r["step"] > 1]
+    assert row["ms_per_step"] == pytest.approx(1e3 * sum(r["seconds"] for r in timed) / 2)
+    assert row["volumes_per_s"] == pytest.approx(row["steps_per_s"] * row["batch_size"])
+    assert 0 <= row["data_wait_share"] <= 1 and row["peak_gpu_gib"] is None
+    ratio = result["step_over_encoder"]  # at the run's own crops: K + S crops per volume
+    assert ratio["crops"] == row["batch_size"] * 11 and ratio["ratio"] == pytest.approx(
+        ratio["step_ms"] / ratio["encoder_ms"])
+    assert result["meta"]["dry_run"] and all(c <= p for c, p in zip(row["crop_size"], result["meta"]["patch_size"]))
 
 
 def _step_inputs(pipe, value=None):

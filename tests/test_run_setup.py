@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,14 @@ from benchmarks import data_pipeline, step_profile  # noqa: E402
 from nnunet_voco.encoders.swin import build_swin_encoder  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
-from nnunet_voco.pretrain.run_setup import RunSetup, resolve_batch_size, resolve_run  # noqa: E402
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
+from nnunet_voco.pretrain import run_setup  # noqa: E402
+from nnunet_voco.pretrain.run_setup import V2_ONE_VOLUME_WARNING, RunSetup, resolve_batch_size, resolve_run  # noqa: E402
 from nnunet_voco.voco import geometry  # noqa: E402
 from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
 from nnunet_voco.voco.model import VoCoModel  # noqa: E402
 from nnunet_voco.voco.presets import PRESET_NAMES, V1, V2, get_preset  # noqa: E402
+from nnunet_voco.voco.sampling import WindowSampler  # noqa: E402
 from test_model import tiny_bundle  # noqa: E402
 
 TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
@@ -87,7 +91,9 @@ def test_resolve_run_applies_the_rules_once(tiny_source, preset):
     assert setup.batch_size == resolve_batch_size(config, cm, setup.layout)
     assert setup.inplane == geometry.inplane_axes(grid, cm.spacing, setup.median_shape)
     assert setup.augment.shift_prob == get_preset(preset).shift_prob and setup.warmup_steps == 5000
-    assert len(setup.val_cases) == 2 and len(setup.train_cases) == 1 and not setup.warnings
+    assert len(setup.val_cases) == 2 and len(setup.train_cases) == 1
+    one_volume = preset == "v2" and setup.batch_size == 1  # the tiny plans give 1 volume per step
+    assert setup.warnings == ((V2_ONE_VOLUME_WARNING,) if one_volume else ())
     batch = next(iter(setup.make_loader(0)))
     assert batch["bases"].shape == (setup.batch_size, setup.layout.num_bases, 1) + crop
 
@@ -96,3 +102,58 @@ def test_step_benchmark_uses_the_resolved_run(tiny_source):
     pipe = step_profile.build_pipeline(tiny_source, data_pipeline.PLANS, batch_size=1, num_workers=0, head_dim=16)
     assert isinstance(pipe.setup, RunSetup) and pipe.optimizer is pipe.setup.optimizer
     assert pipe.model is pipe.setup.model and pipe.inplane == pipe.setup.inplane and not pipe.setup.val_cases
+
+
+# ============ data workers on the GPU path (issue 18, item 6) ============
+def test_default_workers_share_the_machine_between_its_ranks(monkeypatch):
+    monkeypatch.setattr(run_setup, "usable_cpus", lambda: 16)
+    assert [run_setup.default_num_workers(n) for n in (1, 2, 4, 8, 16)] == [4, 4, 3, 1, 0]
+    monkeypatch.setattr(run_setup, "usable_cpus", lambda: 2)
+    assert run_setup.default_num_workers() == 1
+
+
+def test_batch_bytes_is_what_the_loader_hands_over(tiny_source):
+    config = PretrainConfig(datasets=("982",), plans=data_pipeline.PLANS, head_dim=16, num_workers=0, batch_size=2,
+                            crop_size=(8, 16, 16))
+    setup = resolve_run(config, tiny_source, RunContext(torch.device("cpu")))
+    batch = next(iter(setup.make_loader(0)))
+    assert setup.batch_bytes == sum(t.numel() * t.element_size() for t in batch.values())
+
+
+def test_shared_memory_warning_names_the_need_and_a_worker_count_that_fits(monkeypatch, tmp_path):
+    batch = 100 * 2**20  # 100 MiB per batch
+    free = {"bytes": 10 * 2**30}
+    monkeypatch.setattr(run_setup.shutil, "disk_usage", lambda folder: types.SimpleNamespace(free=free["bytes"]))
+    assert run_setup.shared_memory_warning(batch, 4, 2, str(tmp_path)) is None  # 3.1 GiB of 10 GiB
+    assert run_setup.shared_memory_warning(batch, 0, 8, str(tmp_path)) is None  # no workers, no shared memory
+    free["bytes"] = 2**30
+    line = run_setup.shared_memory_warning(batch, 4, 2, str(tmp_path))
+    # 4 batches in flight x 4 workers x 100 MiB x 2 ranks = 3.12 GiB > 1 GiB: 1 worker per rank fits (0.78 GiB)
+    assert line == (f"VoCo: warning: the data workers keep up to 4 x 4 batches of 100 MiB in {tmp_path} per process "
+                    f"(2 process(es) on this machine: 3.12 GiB), but it has 1.00 GiB free; workers die with a bus "
+                    f"error when it fills up: pass --num_workers 1 or enlarge it (docker run --shm-size=5g)")
+
+
+@pytest.mark.parametrize("start_method", ["forkserver"])
+def test_workers_started_without_a_fork_of_the_run_give_the_same_batches(tiny_source, start_method):
+    """The CUDA path's start method: the stream pickles to clean worker processes and draws the same windows."""
+    config = PretrainConfig(datasets=("982",), plans=data_pipeline.PLANS, head_dim=16, num_workers=1, batch_size=2,
+                            crop_size=(8, 16, 16))
+    setup = resolve_run(config, tiny_source, RunContext(torch.device("cpu")))
+    assert setup.worker_start_method is None  # CPU: the platform default (fork)
+    sampler = WindowSampler(setup.sources, setup.layout, config.foreground_probability, setup.train_cases)
+    stream = VoCoStream(sampler, config.seed, 0, 0, setup.augment, setup.inplane)
+    batches = {}
+    for method in (None, start_method):
+        it = iter(make_loader(stream, 2, 1, pin_memory=False, start_method=method))
+        batches[method] = [next(it) for _ in range(2)]
+        it._shutdown_workers()
+    for a, b in zip(batches[None], batches[start_method]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cuda_setup_starts_workers_with_forkserver():
+    ctx = RunContext(torch.device("cuda"))
+    setup = RunSetup.__new__(RunSetup)
+    object.__setattr__(setup, "ctx", ctx)
+    assert setup.worker_start_method == "forkserver"

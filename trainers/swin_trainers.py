@@ -22,6 +22,9 @@ What differs from :class:`~nnunet_voco.trainers.voco_trainers.nnUNetTrainerVoCo`
       1000), then nnU-Net's poly decay per epoch (the schedule of the CNN VoCo trainers and of
       nnU-Net's Primus trainers; the official MONAI runs use cosine, which differs from poly mainly
       in the last tenth of training). Encoder/decoder parameter groups as in the CNN trainers.
+    * Gradient checkpointing stays on together with nnU-Net's default ``torch.compile`` (CUDA): MONAI
+      checkpoints without re-entrance, which dynamo traces; compiled output and gradients equal the
+      eager ones (``tests/test_swin_compile.py``; the one graph break is MONAI's input-size check).
 The ``_smoke`` variants are in :mod:`nnunet_voco.trainers.swin_smoke_trainers`.
 """
 from __future__ import annotations

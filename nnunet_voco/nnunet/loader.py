@@ -15,8 +15,17 @@ thread copies the batch into page-locked memory so that the loop's ``non_blockin
 with compute.
 
 Workers use one thread each (torch and blosc2) so that they do not compete with the model.
+
+Shared memory: every worker keeps up to :data:`PREFETCH_FACTOR` collated batches in flight, and
+batches travel from worker to loop in shared memory (``/dev/shm`` on Linux), so one process needs
+:func:`shared_memory_need` bytes of it; the run set-up warns when the machine has less.
+
+Start method: on CUDA the run set-up starts workers with ``forkserver`` (clean processes, no copy
+of the CUDA/NCCL state of the training process); the stream is pickled to each worker once.
 """
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import torch
@@ -24,6 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nnunet_voco.voco.augment import AugmentConfig
 from nnunet_voco.voco.sampling import WindowSampler
+
+PREFETCH_FACTOR = 4  # batches in flight per worker
+
+
+def shared_memory_need(batch_bytes: int, num_workers: int) -> int:
+    """Bytes of shared memory one process's workers may hold: ``PREFETCH_FACTOR x workers x batch``."""
+    return PREFETCH_FACTOR * max(0, num_workers) * int(batch_bytes)
 
 
 class VoCoStream(IterableDataset):
@@ -79,7 +95,19 @@ class VoCoStream(IterableDataset):
             yield self.make_sample(rng, generator)
 
 
-def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memory: bool) -> DataLoader:
+def worker_context(start_method: str | None):
+    """The multiprocessing context of the workers. ``forkserver``: the server imports this module and the
+    nnU-Net door once (torch, numpy, nnU-Net's dataset classes), and every worker forks from it, instead of
+    each worker importing them again to unpickle the stream."""
+    if start_method != "forkserver":
+        return start_method
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "nnunet_voco.nnunet"])
+    return context
+
+
+def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memory: bool,
+                start_method: str | None = None) -> DataLoader:
     """DataLoader yielding batches ``bases (B, K, C, *crop)``, ``targets (B, S, C, *crop)``, ``overlaps (B, S, K)``.
 
     Args:
@@ -88,8 +116,9 @@ def make_loader(stream: VoCoStream, batch_size: int, num_workers: int, pin_memor
         num_workers: background processes (0 loads in the calling process).
         pin_memory: copy batches into page-locked memory (CUDA), so that ``non_blocking``
             host-to-device copies are asynchronous.
+        start_method: how workers start (``fork``, ``forkserver``, ``spawn``); None: the platform's default.
     """
     kwargs = {}
     if num_workers > 0:
-        kwargs.update(persistent_workers=True, prefetch_factor=4)
+        kwargs.update(persistent_workers=True, prefetch_factor=PREFETCH_FACTOR, multiprocessing_context=worker_context(start_method))
     return DataLoader(stream, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, **kwargs)

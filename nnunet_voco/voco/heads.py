@@ -9,9 +9,10 @@ References:
 
 Notes:
     The official projector's BatchNorm1d layers always use batch statistics (also in eval). We use
-    ``track_running_stats=False`` for the same behaviour. Under DDP on CUDA the loop converts them
-    to SyncBatchNorm so that the statistics cover the global batch; on CPU (gloo, where PyTorch has
-    no SyncBatchNorm) each rank keeps its own statistics, as the official DDP code does on GPUs.
+    ``track_running_stats=False`` for the same behaviour. Under DDP on CUDA the run set-up converts
+    the student's and the teacher's to SyncBatchNorm so that the statistics cover the global batch;
+    on CPU (gloo, where PyTorch's SyncBatchNorm refuses CPU tensors) every rank keeps its own
+    statistics in both, as the official DDP code does on GPUs.
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from torch import nn
 
 
 def pool_stage_features(maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Global-average-pool every feature map and concatenate.
+    """Global-average-pool every feature map and concatenate, accumulating and returning fp32.
+
+    bf16/fp16 maps are averaged with an fp32 result (``mean(dtype=float32)``: no full-size fp32
+    copy of the maps), so the embedding keeps fp32 resolution under autocast.
 
     Shapes:
         maps: ``[(N, C_i, *spatial_i)]`` -> ``(N, sum_i C_i)``.
     """
-    return torch.cat([m.flatten(2).mean(dim=2) for m in maps], dim=1)
+    return torch.cat([m.flatten(2).mean(dim=2, dtype=torch.float32) for m in maps], dim=1)
 
 
 class ProjectionHead(nn.Sequential):

@@ -120,10 +120,11 @@ class FixedWindows:
     def __len__(self) -> int:
         return len(self.specs)
 
-    def batches(self, batch_size: int):
-        """Yields ``(targets (B, S, C, *crop), bases (B, K, C, *crop), overlaps (B, S, K))`` numpy batches."""
+    def batches(self, batch_size: int, rank: int = 0, world_size: int = 1):
+        """Yields ``(targets (B, S, C, *crop), bases (B, K, C, *crop), overlaps (B, S, K))`` numpy batches:
+        batch ``i`` of the set when ``i % world_size == rank`` (a rank's share; all of them by default)."""
         layout = self.sampler.layout
-        for start in range(0, len(self.specs), batch_size):
+        for start in list(range(0, len(self.specs), batch_size))[rank::world_size]:
             bases, targets, overlaps = [], [], []
             for (source_index, identifier), origin, offsets, overlap in self.specs[start:start + batch_size]:
                 data = self.sampler._dataset(source_index).load_case(identifier)[0]
@@ -149,27 +150,39 @@ class MonitorWindows:
         return sum(len(spec[2]) for spec in self.held_out.specs)
 
 
-def _logits(model, windows: FixedWindows, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def _logits(model, windows: FixedWindows, batch_size: int, device: torch.device, rank: int, world_size: int,
+            gather) -> tuple[np.ndarray, np.ndarray]:
     logits, overlaps = [], []
-    for targets, bases, overlap in windows.batches(batch_size):
+    for targets, bases, overlap in windows.batches(batch_size, rank, world_size):
         out = model.position_logits(torch.from_numpy(targets).to(device), torch.from_numpy(bases).to(device))
         logits.append(out.float().cpu().numpy())
         overlaps.append(overlap)
+    if world_size > 1:  # batch i was evaluated by rank i % world_size: interleave the shares back
+        shares = gather((logits, overlaps))
+        order = [(i, r) for r in range(world_size) for i in range(len(shares[r][0]))]
+        order.sort(key=lambda ir: ir[0] * world_size + ir[1])
+        logits, overlaps = [shares[r][0][i] for i, r in order], [shares[r][1][i] for i, r in order]
     return np.concatenate(logits), np.concatenate(overlaps)
 
 
-def evaluate(model, monitor: MonitorWindows, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model, monitor: MonitorWindows, batch_size: int, device: torch.device, rank: int = 0,
+             world_size: int = 1, gather=None) -> dict[str, float]:
     """Position metrics of ``model`` (a :class:`~nnunet_voco.voco.model.VoCoModel`) on both window sets.
 
     Batches have the training batch's number of volumes, so the projector's batch statistics are
     computed over a batch like the ones it trains on. Keys: ``val_*`` (held-out windows), ``train_*``
     (training-case windows), ``train_val_gap`` (training minus held-out position accuracy) and
     ``val_seconds``, the wall time of both.
+
+    Under DDP every rank calls it with its ``rank``, the ``world_size`` and ``gather`` (``obj ->
+    [obj of every rank]``): each evaluates every ``world_size``-th batch, and every rank returns the
+    same metrics, so no rank waits in a collective while another evaluates.
     """
     start = time.perf_counter()
-    metrics = position_metrics(*_logits(model, monitor.held_out, batch_size, device), prefix="val_")
+    part = (rank, world_size, gather)
+    metrics = position_metrics(*_logits(model, monitor.held_out, batch_size, device, *part), prefix="val_")
     if monitor.training is not None:
-        metrics.update(position_metrics(*_logits(model, monitor.training, batch_size, device), prefix="train_"))
+        metrics.update(position_metrics(*_logits(model, monitor.training, batch_size, device, *part), prefix="train_"))
         metrics["train_val_gap"] = metrics["train_position_accuracy"] - metrics["val_position_accuracy"]
     metrics["val_seconds"] = time.perf_counter() - start
     return metrics
