@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_voco.official_weights import import_official
+from nnunet_voco.command_exit import run_command
+
+PROG = "voco_import_weights"
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="voco_import_weights",
+        prog=PROG,
         description="Convert an official VoCo Swin release (VoCo_{B,L,H}_SSL_head.pt or VoComni_{B,L,H}.pt) "
                     "into an nnunet-voco voco_encoder.pth for nnUNetTrainerVoCoSwin. Only the encoder "
                     "(swinViT, encoder1-4, encoder10) is kept. The file is read with weights_only=True.",
@@ -32,16 +34,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; return the exit code (0 done, 2 the file cannot be converted, 3 disk full / not
+    writable; :mod:`nnunet_voco.command_exit`)."""
     args = _parser().parse_args(argv)
-    try:
+
+    def convert() -> None:
+        from nnunet_voco.official_weights import import_official
+
         report = import_official(args.file, args.output, args.in_channels, args.feature_size)
-    except (OSError, RuntimeError, ValueError) as e:
-        print(f"voco_import_weights: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    arch = report.meta["architecture"]
-    print(report.summary())
-    print(f"wrote {args.output} (swin, feature size {arch['feature_size']}, {arch['in_channels']} input channels)")
-    return 0
+        arch = report.meta["architecture"]
+        print(report.summary())
+        print(f"wrote {args.output} (swin, feature size {arch['feature_size']}, {arch['in_channels']} input channels)")
+
+    # a file torch cannot read (RuntimeError, OSError) is bad input here, not a failure of the command
+    return run_command(PROG, convert, bad_input=(OSError, RuntimeError))
 
 
 if __name__ == "__main__":

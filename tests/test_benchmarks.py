@@ -13,27 +13,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import data_pipeline, gpu, step_profile  # noqa: E402
 from benchmarks.loss_benchmark import benchmark_loss  # noqa: E402
+from conftest import open_tiny_synthetic  # noqa: E402
 from nnunet_voco.voco.augment import AugmentConfig, CropTransforms, apply_transforms, draw_transforms, transform_into  # noqa: E402
+from nnunet_voco.nnunet import synthetic_datasets  # noqa: E402
 from nnunet_voco.nnunet.loader import VoCoStream  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
+from nnunet_voco.pretrain.run_setup import RunSetup  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler, cut_crops  # noqa: E402
 
-TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
 LAYOUT = CropLayout((4, 8, 8), (1, 3, 3), 2)
 
 
 @pytest.fixture
 def tiny_source(tmp_path, monkeypatch):
-    """A 2-case blosc2 dataset written by nnU-Net's save_case, opened like voco_pretrain opens data."""
-    from nnunet_voco.nnunet import open_dataset
-
-    folders = data_pipeline.nnunet_folders(str(tmp_path))
-    for key, value in folders.items():
-        monkeypatch.setenv(key, value)
-    data_pipeline.write_synthetic_dataset(folders["nnUNet_preprocessed"], 981, "Tiny", TINY_PLANS, 2, (12, 40, 40))
-    return [open_dataset(981, data_pipeline.PLANS, "3d_fullres")]
+    """A 2-case SYNTHETIC blosc2 dataset written by nnU-Net's save_case, opened like voco_pretrain opens data."""
+    return open_tiny_synthetic(tmp_path, monkeypatch, 981, 2)
 
 
 def test_loss_benchmark_matches_reference():
@@ -93,7 +89,7 @@ def test_numpy_and_torch_appliers_agree_on_every_transform(inplane):
 
 
 def _tiny_pipeline(sources, **kw):
-    return step_profile.build_pipeline(sources, data_pipeline.PLANS, crop_size=(8, 16, 16), batch_size=1,
+    return step_profile.build_pipeline(sources, synthetic_datasets.RESENC_M_PLANS, crop_size=(8, 16, 16), batch_size=1,
                                        num_workers=0, head_dim=32, **kw)
 
 
@@ -112,7 +108,7 @@ def test_scaling_rows_follow_the_sweeps(tiny_source):
 
 
 def test_gpu_script_dry_run(tmp_path, monkeypatch):
-    for key, value in data_pipeline.nnunet_folders(str(tmp_path / "nn")).items():
+    for key, value in synthetic_datasets.nnunet_folders(str(tmp_path / "nn")).items():
         monkeypatch.setenv(key, value)  # restored after the test
     out = tmp_path / "gpu.json"
     gpu.main(["--dry_run", "--steps", "1", "--warmup", "0", "--root", str(tmp_path / "nn"), "--out", str(out)])
@@ -176,3 +172,10 @@ def test_compiled_encoder_step_runs(tiny_source):
     stats = train_step(pipe.model, _step_inputs(pipe), pipe.optimizer, None, pipe.ctx, None, pipe.config, None,
                        pipe.generator, pipe.inplane)
     assert bool(stats["finite"])
+
+
+def test_step_benchmark_uses_the_resolved_run(tiny_source):
+    pipe = step_profile.build_pipeline(tiny_source, synthetic_datasets.RESENC_M_PLANS, batch_size=1, num_workers=0,
+                                       head_dim=16)
+    assert isinstance(pipe.setup, RunSetup) and pipe.optimizer is pipe.setup.optimizer
+    assert pipe.model is pipe.setup.model and pipe.inplane == pipe.setup.inplane and not pipe.setup.val_cases
