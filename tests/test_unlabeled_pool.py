@@ -210,6 +210,23 @@ def test_channel_grouping(tmp_path):
     assert reasons["b_0000.nrrd"].startswith("wrong channel count") and "no _0000 channel suffix" in reasons["c.mha"]
 
 
+def test_dicom_files_outside_every_readable_series_are_listed(tmp_path):
+    """--dicom: a series with one damaged slice keeps its readable slices, and the damaged file is listed; a
+    folder of damaged .dcm files used to vanish without a word."""
+    rng = np.random.default_rng(3)
+    _write_dicom_series(str(tmp_path / "good"), _ct_volume((6, 16, 16), rng))
+    _write_dicom_series(str(tmp_path / "partly"), _ct_volume((6, 16, 16), rng))
+    (tmp_path / "partly" / "003.dcm").write_bytes(rng.bytes(500))
+    (tmp_path / "broken").mkdir()
+    for i in range(2):
+        (tmp_path / "broken" / f"{i:03d}.dcm").write_bytes(rng.bytes(300))
+    cases, skipped = find_input_cases([str(tmp_path)], 1, dicom=True)
+    assert [(c.case_id, len(c.files[0])) for c in cases] == [("good", 6), ("partly", 5)]
+    listed = sorted(os.path.relpath(s["file"], tmp_path) for s in skipped)
+    assert listed == ["broken/000.dcm", "broken/001.dcm", "partly/003.dcm"]
+    assert all(s["reason"].startswith("not part of a readable DICOM series") for s in skipped)
+
+
 def test_body_mask_rules():
     ct = np.full((1, 4, 4, 4), -1000.0)
     ct[0, 1:3, 1:3, 1:3] = 30.0
