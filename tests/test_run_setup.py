@@ -79,6 +79,8 @@ def test_resolve_run_applies_the_rules_once(tiny_source, preset):
     assert setup.inplane == geometry.inplane_axes(grid, cm.spacing, setup.median_shape)
     assert setup.augment.shift_prob == get_preset(preset).shift_prob and setup.warmup_steps == 5000
     assert len(setup.val_cases) == 2 and len(setup.train_cases) == 1 and not setup.warnings
+    assert setup.describe("F")[1].startswith("VoCo: geometry (median case (12, 40, 40) of 3 checked cases): window = "
+                                             "grid x crop fitted to the median case (12, 40, 40)")
     batch = next(iter(setup.make_loader(0)))
     assert batch["bases"].shape == (setup.batch_size, setup.layout.num_bases, 1) + crop
 
