@@ -41,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="work folder holding nnUNet_raw/_preprocessed/_results and the report "
                              "(default: ./voco_demo_work)")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny budget (~3 min on 2 CPU cores) for smoke tests; its Dice values mean little")
+                        help="tiny budget for smoke tests (1 seed, 4 pre-training steps; README states its measured time "
+                             "and the machine load); its Dice values mean little")
     parser.add_argument("-device", choices=("cpu", "cuda"), default=None,
                         help="device for pre-training and training (default: cuda if available, else "
                              "cpu). The budget is sized for CPU either way")
