@@ -36,7 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the exit code (0 done, 2 the file cannot be converted, 3 disk full / not
     writable; :mod:`nnunet_voco.command_exit`)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag, value in (("--in_channels", args.in_channels), ("--feature_size", args.feature_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
 
     def convert() -> None:
         from nnunet_voco.official_weights import import_official
