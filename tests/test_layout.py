@@ -29,7 +29,7 @@ def _modules() -> dict[str, str]:
                     path = os.path.join(root, name)
                     rel = os.path.relpath(path, os.path.join(REPO, folder))[:-3].replace(os.sep, ".")
                     rel = rel[: -len(".__init__")] if rel.endswith("__init__") else rel
-                    found[package if rel == "__init__" else f"{package}.{rel}"] = path
+                    found[package if rel in ("", "__init__") else f"{package}.{rel}"] = path
     return found
 
 
