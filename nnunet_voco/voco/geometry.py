@@ -154,7 +154,8 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
     minimum edge, ``max(stride, min_edge)`` rounded up to the stride (but never above the patch), keeps every stage at least one
     voxel wide (stride) and the first stages' 3x3x3 receptive fields mostly inside the crop
     (``min_edge`` = 16 voxels); crops whose deepest map would be a single voxel (instance norm has
-    nothing to normalise there) get the whole axis doubled, even where that pads the window.
+    nothing to normalise there; :func:`check_deepest_map` refuses such a crop when it is given) get the
+    whole axis doubled, even where that pads the window.
 
     Args:
         median_shape: median spatial case shape (preprocessed axis order).
