@@ -40,8 +40,20 @@ def _write(path, array, spacing=(0.9, 0.9, 2.0)):
 
 
 def _write_dicom_series(folder, array):
+    import locale
+
     import SimpleITK as sitk
 
+    # SimpleITK's DICOM writer (GDCM) leaves the process in the "C" locale: every later subprocess output this
+    # process decodes would then be read as ASCII (tqdm's bars fail). Seen with SimpleITK 2.x; restored here.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(sitk, folder, array)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(sitk, folder, array):
     os.makedirs(folder)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
