@@ -178,9 +178,11 @@ def _step_against_default(tiny_source, tolerance: float, **variant) -> None:
     assert finite_a and finite_b and loss_a.keys() == loss_b.keys()
     assert loss_b == pytest.approx(loss_a, rel=tolerance, abs=1e-6)
     assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    # absolute slack on the scale of the whole gradient: a bias ahead of a batch norm gets ~0 (float noise)
+    scale = max(float(g.abs().max()) for g in grads_a.values())
     for name, grad in grads_a.items():
-        torch.testing.assert_close(grads_b[name].contiguous(), grad, rtol=tolerance, atol=tolerance * grad.abs().max()
-                                   + 1e-7, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads_b[name].contiguous(), grad, rtol=tolerance, atol=tolerance * scale,
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def test_channels_last_step_equals_the_default_step(tiny_source):
