@@ -15,7 +15,7 @@ Exit codes (README "Faults and how they are handled"), the same for every ``voco
 128+N a signal the command handled itself (``quiet_exit`` exceptions carry ``exit_code``)
 ====  ==========================================================================================
 
-The message printed is ``<prog>: error: <first line of the exception>``; anything else propagates
+The message printed is ``<prog>: error: <the exception's message on one line>``; anything else propagates
 with its traceback (a bug, not an input). Every lock this process still holds is released on the
 way out. This module imports nothing heavy, so ``--help`` stays fast.
 """
@@ -28,15 +28,15 @@ EXIT_DONE, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DISK, EXIT_INTERRUPTED = 0, 1, 2, 3
 BAD_INPUT = (ValueError, FileNotFoundError)  # UserInputError and FolderBusy are ValueErrors
 
 
-def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def one_line(error: BaseException) -> str:
+    """An exception's whole message on one line (line breaks and runs of spaces become one space; its type
+    name when the message is empty)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def print_error(prog: str, error: BaseException | str) -> None:
     """Print ``<prog>: error: <message>`` on one line to stderr."""
-    message = error if isinstance(error, str) else first_line(error)
+    message = error if isinstance(error, str) else one_line(error)
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 

@@ -105,7 +105,7 @@ def _ends(error: BaseException | None, capsys, **kw) -> tuple[int, str]:
     (None, {}, 0, ""),
     (UserInputError("--foo 3 must be 2"), {}, 2, "voco_x: error: --foo 3 must be 2\n"),
     (FileNotFoundError("no such file x"), {}, 2, "voco_x: error: no such file x\n"),
-    (RuntimeError("bad file\nsecond line"), {"bad_input": (RuntimeError,)}, 2, "voco_x: error: bad file\n"),
+    (RuntimeError("bad file\n  second line"), {"bad_input": (RuntimeError,)}, 2, "voco_x: error: bad file second line\n"),
     (DiskWriteError("/f/c.pth", "No space left on device"), {"bad_input": (RuntimeError,)}, 3,
      "voco_x: error: cannot write /f/c.pth (No space left on device)\n"),
     (RuntimeError("1 step failed"), {"failed": (RuntimeError,)}, 1, "voco_x: error: 1 step failed\n"),
