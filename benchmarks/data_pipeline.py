@@ -17,7 +17,7 @@ as nnU-Net raw datasets and runs the real ``nnUNetv2_plan_and_preprocess`` on th
 planner; cached under ``$TMPDIR/nnunet_voco_bench``): 4 cases of 80 x 256 x 256 voxels at
 2.5 x 1 x 1 mm, big enough for the default v2 window (grid 1 x 3 x 3 of 64^3 crops = 64 x 192 x 192),
 and 4 small cases of 16 x 48 x 48 whose ResEnc-M plans give the tiny encoder of the step profile.
-:func:`write_synthetic_dataset` writes a tiny preprocessed dataset directly (nnU-Net's own
+:mod:`nnunet_voco.nnunet.synthetic_datasets` writes tiny preprocessed datasets directly (nnU-Net's own
 ``save_case`` and chunk heuristics, hand-written plans) for the tests and ``gpu.py --dry_run``.
 
 Run alone: ``python benchmarks/data_pipeline.py [--volumes 40]``; ``benchmarks/run.py`` calls
@@ -43,25 +43,18 @@ from nnunet_voco.voco.augment import AugmentConfig  # noqa: E402
 from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler, window_origin  # noqa: E402
 from nnunet_voco.voco import geometry  # noqa: E402
+from nnunet_voco.nnunet.synthetic_datasets import RESENC_M_PLANS, nnunet_folders  # noqa: E402
 
 DATA_VERSION = 1  # bump when the generated data change, so that stale caches are rebuilt
 LARGE = {"id": 991, "name": "BenchLarge", "shape": (80, 256, 256), "cases": 4}  # (z, y, x) at 2.5 x 1 x 1 mm
 TOY = {"id": 992, "name": "BenchToy", "shape": (16, 48, 48), "cases": 4}
-PLANNER, PLANS = "nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans"
+PLANNER, PLANS = "nnUNetPlannerResEncM", RESENC_M_PLANS
 V2_LAYOUT = CropLayout((64, 64, 64), (1, 3, 3), 2)  # default v2 geometry: 3x3 in-plane grid + 2 targets
 
 
 def default_root() -> str:
     """``$TMPDIR/nnunet_voco_bench``: where the generated data are cached between runs."""
     return os.path.join(tempfile.gettempdir(), "nnunet_voco_bench")
-
-
-def nnunet_folders(root: str) -> dict:
-    """The three nnU-Net folders under ``root`` (created)."""
-    env = {k: os.path.join(root, k[7:]) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env.values():
-        os.makedirs(folder, exist_ok=True)
-    return env
 
 
 def _console(name: str) -> str:
@@ -100,97 +93,13 @@ def prepare_benchmark_data(root: str | None = None, log=print) -> dict:
     proc_env = dict(os.environ, nnUNet_def_n_proc="2", OMP_NUM_THREADS="1")
     cmd = [_console("nnUNetv2_plan_and_preprocess"), "-d", str(LARGE["id"]), str(TOY["id"]), "-c", "3d_fullres",
            "-pl", PLANNER, "-np", "2", "-npfp", "2"]
-    proc = subprocess.run(cmd, env=proc_env, capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=proc_env, capture_output=True, encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
     with open(marker, "w") as f:
         json.dump(stamp, f)
     log(f"benchmark data ready after {time.perf_counter() - start:.0f} s (cached for later runs)")
     return env
-
-
-def synthetic_plans(name: str, patch_size, features, strides, blocks, batch_size: int = 2,
-                    spacing=(2.5, 1.0, 1.0), plans_name: str = PLANS) -> dict:
-    """Plans of a ResEnc U-Net in nnU-Net 2.8's layout (3d_fullres only), for synthetic datasets."""
-    n = len(features)
-    kernels = [[1, 3, 3] if spacing[0] > 2 * min(spacing) and i == 0 else [3, 3, 3] for i in range(n)]
-    arch = {"n_stages": n, "features_per_stage": list(features), "conv_op": "torch.nn.modules.conv.Conv3d",
-            "kernel_sizes": kernels, "strides": [list(s) for s in strides], "n_blocks_per_stage": list(blocks),
-            "n_conv_per_stage_decoder": [1] * (n - 1), "conv_bias": True,
-            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
-            "nonlin_kwargs": {"inplace": True}}
-    resampling = {"resampling_fn_data": "resample_data_or_seg_to_shape",
-                  "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                  "resampling_fn_data_kwargs": {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_seg_kwargs": {"is_seg": True, "order": 1, "order_z": 0, "force_separate_z": None},
-                  "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                  "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0,
-                                                         "force_separate_z": None}}
-    config = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
-              "batch_size": batch_size, "patch_size": list(patch_size),
-              "median_image_size_in_voxels": [float(p) for p in patch_size], "spacing": list(spacing),
-              "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False], **resampling,
-              "architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet."
-                                                     "ResidualEncoderUNet",
-                               "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op",
-                                                                            "nonlin"]},
-              "batch_dice": False}
-    return {"dataset_name": name, "plans_name": plans_name, "original_median_spacing_after_transp": list(spacing),
-            "original_median_shape_after_transp": list(patch_size), "image_reader_writer": "SimpleITKIO",
-            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
-            "configurations": {"3d_fullres": config}, "experiment_planner_used": "synthetic",
-            "label_manager": "LabelManager",
-            "foreground_intensity_properties_per_channel": {"0": {
-                "max": 3.0, "mean": 0.0, "median": 0.0, "min": -3.0, "percentile_00_5": -2.5,
-                "percentile_99_5": 2.5, "std": 1.0}}}
-
-
-def synthetic_case(shape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict]:
-    """A smooth z-scored volume ``(1, *shape)`` with a labelled blob and nnU-Net-style properties."""
-    from scipy.ndimage import gaussian_filter
-
-    data = gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0)[None]
-    data /= data.std() + 1e-6
-    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
-    seg = (sum(g ** 2 for g in grids) < 0.3).astype(np.int16)[None]
-    locations = np.argwhere(seg > 0)
-    locations = locations[rng.choice(len(locations), min(len(locations), 500), replace=False)]
-    props = {"spacing": [2.5, 1.0, 1.0], "shape_before_cropping": tuple(shape),
-             "bbox_used_for_cropping": [[0, s] for s in shape], "shape_after_cropping_and_before_resampling":
-             tuple(shape), "class_locations": {1: locations.astype(np.int64)}}
-    return data, seg, props
-
-
-def write_synthetic_dataset(preprocessed_root: str, dataset_id: int, name: str, plans: dict,
-                            n_cases: int = 2, shape=(16, 48, 48), seed: int = 0) -> str:
-    """Write ``Dataset<id>_<name>`` (dataset.json, plans, blosc2 cases) straight into ``nnUNet_preprocessed``.
-
-    Cases go through nnU-Net's own ``nnUNetDatasetBlosc2.save_case`` with the chunk and block
-    shapes its preprocessor would choose for the plans' patch size (``comp_blosc2_params``).
-
-    Returns:
-        The dataset folder.
-    """
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, comp_blosc2_params
-
-    folder = os.path.join(preprocessed_root, f"Dataset{dataset_id:03d}_{name}")
-    data_folder = os.path.join(folder, "nnUNetPlans_3d_fullres")
-    os.makedirs(data_folder, exist_ok=True)
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "CT"}, "labels": {"background": 0, "blob": 1}, "numTraining": n_cases,
-                   "file_ending": ".nii.gz", "name": name}, f)
-    with open(os.path.join(folder, plans["plans_name"] + ".json"), "w") as f:
-        json.dump(dict(plans, dataset_name=os.path.basename(folder)), f, indent=1)
-    patch = tuple(plans["configurations"]["3d_fullres"]["patch_size"])
-    rng = np.random.default_rng(seed)
-    for i in range(n_cases):
-        data, seg, props = synthetic_case(shape, rng)
-        blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
-        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
-        nnUNetDatasetBlosc2.save_case(data, seg, props, os.path.join(data_folder, f"{name}_{i:03d}"), chunks=chunks,
-                                      blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
-    return folder
 
 
 class _RecordingArray:

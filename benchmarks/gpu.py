@@ -41,7 +41,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import data_pipeline  # noqa: E402
+from benchmarks import data_pipeline, step_profile  # noqa: E402
+from nnunet_voco.nnunet import synthetic_datasets  # noqa: E402
 
 GPU_DATA = {"id": 995, "name": "BenchResEncL", "shape": (96, 320, 320), "cases": 6}  # (z, y, x) at 2.5 x 1 x 1 mm
 DRY_DATA = {"id": 996, "name": "BenchDryRun", "shape": (16, 48, 48), "cases": 2}
@@ -54,7 +55,7 @@ def prepare_gpu_data(root: str, spec: dict, processes: int, log=print) -> list:
     from nnunet_voco.demo import phantom
     from nnunet_voco.nnunet import open_dataset
 
-    os.environ.update(data_pipeline.nnunet_folders(root))
+    os.environ.update(synthetic_datasets.nnunet_folders(root))
     marker = os.path.join(root, f"ready_{spec['id']}.json")
     if not (os.path.isfile(marker) and json.load(open(marker)) == json.loads(json.dumps(spec))):
         start = time.perf_counter()
@@ -64,7 +65,7 @@ def prepare_gpu_data(root: str, spec: dict, processes: int, log=print) -> list:
                                          spacing=(2.5, 1.0, 1.0))
         cmd = [data_pipeline._console("nnUNetv2_plan_and_preprocess"), "-d", str(spec["id"]), "-c", "3d_fullres",
                "-pl", "nnUNetPlannerResEncL", "-np", str(processes), "-npfp", str(processes)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace")
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {(proc.stdout + proc.stderr)[-2000:]}")
         with open(marker, "w") as f:
@@ -77,11 +78,12 @@ def prepare_dry_run_data(root: str) -> list:
     """A tiny preprocessed dataset with hand-written ResEnc plans (patch 8 x 16 x 16), written directly."""
     from nnunet_voco.nnunet import open_dataset
 
-    os.environ.update(data_pipeline.nnunet_folders(root))
-    plans = data_pipeline.synthetic_plans(DRY_DATA["name"], (8, 16, 16), (8, 16, 32), ((1, 1, 1), (1, 2, 2), (2, 2, 2)),
-                                          (1, 1, 1), batch_size=2, plans_name=PLANS_L)
-    data_pipeline.write_synthetic_dataset(os.environ["nnUNet_preprocessed"], DRY_DATA["id"], DRY_DATA["name"], plans,
-                                          DRY_DATA["cases"], DRY_DATA["shape"])
+    os.environ.update(synthetic_datasets.nnunet_folders(root))
+    plans = synthetic_datasets.synthetic_plans(DRY_DATA["name"], (8, 16, 16), (8, 16, 32),
+                                               ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1), batch_size=2,
+                                               plans_name=PLANS_L)
+    synthetic_datasets.write_synthetic_dataset(os.environ["nnUNet_preprocessed"], DRY_DATA["id"], DRY_DATA["name"],
+                                               plans, DRY_DATA["cases"], DRY_DATA["shape"])
     return [open_dataset(DRY_DATA["id"], PLANS_L, "3d_fullres")]
 
 

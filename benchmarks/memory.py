@@ -12,88 +12,25 @@ Everything is written under a temporary nnU-Net tree; the template folder is onl
     python benchmarks/memory.py --template $nnUNet_preprocessed/Dataset990_VoCoToy --cases 10 100 --steps 30
 
 ``--json`` prints one JSON object instead of the table (``tests/test_reliability.py`` uses it).
-``make_preprocessed_dataset`` and ``synthetic_case`` are also used by the tests to build bad inputs.
+The datasets are written by :mod:`nnunet_voco.nnunet.synthetic_datasets` (``make_preprocessed_dataset``,
+``ct_like_case``), which the tests use too.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Mapping
 
 import numpy as np
 
+from nnunet_voco.nnunet.synthetic_datasets import ct_like_case, make_preprocessed_dataset
+
 FAST_FLAGS = ["-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size", "2", "--head_dim", "64",
               "--num_workers", "0", "--log_every", "1"]
-
-
-def make_preprocessed_dataset(preprocessed_root: str, template_folder: str, dataset_id: int, name: str,
-                              cases: Mapping[str, tuple[np.ndarray, dict]], plans: str = "nnUNetPlans",
-                              configuration: str = "3d_fullres") -> str:
-    """Write ``Dataset<id>_<name>`` with the template's plans and the given cases.
-
-    Args:
-        preprocessed_root: the ``nnUNet_preprocessed`` folder to write into.
-        template_folder: a planned dataset folder (its ``dataset.json`` and ``<plans>.json`` are copied).
-        dataset_id: id of the new dataset.
-        name: name part of the new dataset folder.
-        cases: identifier -> (data ``(C, X, Y, Z)`` float32, nnU-Net properties dict).
-        plans: plans identifier to copy.
-        configuration: configuration whose data folder is written.
-
-    Returns:
-        The new dataset folder.
-    """
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    folder = os.path.join(preprocessed_root, f"Dataset{dataset_id:03d}_{name}")
-    os.makedirs(folder, exist_ok=True)
-    for extra in ("dataset.json", "dataset_fingerprint.json"):
-        if os.path.isfile(os.path.join(template_folder, extra)):
-            shutil.copy(os.path.join(template_folder, extra), folder)
-    with open(os.path.join(template_folder, plans + ".json")) as f:
-        plans_dict = json.load(f)
-    plans_dict["dataset_name"] = os.path.basename(folder)
-    with open(os.path.join(folder, plans + ".json"), "w") as f:
-        json.dump(plans_dict, f, indent=2)
-    cm = PlansManager(os.path.join(folder, plans + ".json")).get_configuration(configuration)
-    data_folder = os.path.join(folder, cm.data_identifier)
-    os.makedirs(data_folder, exist_ok=True)
-    for identifier, (data, properties) in cases.items():
-        for suffix in (".b2nd", "_seg.b2nd", ".pkl"):  # blosc2 does not overwrite
-            if os.path.exists(os.path.join(data_folder, identifier + suffix)):
-                os.remove(os.path.join(data_folder, identifier + suffix))
-        blocks, chunks = comp_blosc2_params(data.shape, cm.patch_size, data.itemsize)
-        seg = np.zeros((1,) + data.shape[1:], dtype=np.int8)
-        nnUNetDatasetBlosc2.save_case(data.astype(np.float32), seg, properties, os.path.join(data_folder, identifier),
-                                      chunks=chunks, blocks=blocks)
-    return folder
-
-
-def synthetic_case(shape: tuple[int, int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """A z-scored CT-like case ``(C, X, Y, Z)`` with a bright blob and its ``class_locations``.
-
-    Intensities are quantised to 1/8 so that blosc2 compresses the files well (the benchmark is
-    about memory, not disk).
-    """
-    c, x, y, z = shape
-    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n, dtype=np.float32) for n in (x, y, z)], indexing="ij"))
-    centre = rng.uniform(-0.4, 0.4, 3).astype(np.float32)[:, None, None, None]
-    blob = ((grid - centre) ** 2).sum(0) < 0.1
-    body = (grid[1:] ** 2).sum(0) < 0.8
-    data = np.where(body, 0.0, -2.0) + 1.5 * blob + np.round(rng.normal(0, 0.2, (x, y, z)) * 8) / 8
-    locations = np.argwhere(blob)[:: max(1, int(blob.sum()) // 500)]
-    locations = np.concatenate([np.zeros((len(locations), 1), dtype=locations.dtype), locations], axis=1)
-    properties = {"spacing": [1.0, 1.0, 1.0], "shape_before_cropping": (x, y, z),
-                  "shape_after_cropping_and_before_resampling": (x, y, z),
-                  "bbox_used_for_cropping": [[0, x], [0, y], [0, z]], "class_locations": {1: locations}}
-    return np.repeat(data[None].astype(np.float32), c, axis=0), properties
 
 
 def _tree_rss(pid: int) -> int:
@@ -117,7 +54,7 @@ def _steps_logged(metrics_file: str) -> int:
 def trace_run(cmd: list[str], env: dict, metrics_file: str, interval: float = 0.1) -> dict:
     """Run ``cmd`` and sample its RSS; returns ``returncode``, ``rss_by_step`` (MiB, max while that
     many steps were logged) and ``maxrss_mib`` (the kernel's peak over the whole run)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     rss_by_step: dict[int, float] = {}
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -146,7 +83,7 @@ def measure(template_folder: str, cases: list[int], steps: int, case_shape: tupl
     rows = []
     for i, n in enumerate(cases):
         rng = np.random.default_rng(i)
-        generated = {f"case_{j:04d}": synthetic_case(case_shape, rng) for j in range(n)}
+        generated = {f"case_{j:04d}": ct_like_case(case_shape, rng) for j in range(n)}
         name = make_preprocessed_dataset(env["nnUNet_preprocessed"], template_folder, 970 + i, f"Memory{n}", generated)
         out = os.path.join(root, "runs", os.path.basename(name))
         cmd = [exe if os.path.exists(exe) else "voco_pretrain", "-d", str(970 + i), "-o", out,

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--quick contradicts --size {args.size}; pass one of them")
     size = "quick" if args.quick else args.size or "default"
 
+    from nnunet_voco.command_exit import run_command
     from nnunet_voco.demo.workflow import dry_run, run_demo
 
     if args.dry_run:
@@ -72,16 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_voco.trainers.discovery import ensure_startup_hook
 
     ensure_startup_hook()  # so that nnUNetv2_train/predict find the demo trainers
-    try:
+
+    def demo() -> None:
         run_demo(args.out, size, args.device or _default_device(), args.verbose, _STARTED)
-    except RuntimeError as e:
-        print(f"voco_demo: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("voco_demo: interrupted; run the same command again to resume (finished stages are reused)",
-              file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command("voco_demo", demo, failed=(RuntimeError,),
+                       interrupted="interrupted; run the same command again to resume (finished stages are reused)")
 
 
 if __name__ == "__main__":

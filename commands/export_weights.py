@@ -10,10 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_voco.checkpoint import CheckpointError
-from nnunet_voco.nnunet import UserInputError
-from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-from nnunet_voco.storage.disk_errors import DiskWriteError
+from nnunet_voco.command_exit import run_command
 
 PROG = "voco_export_weights"
 
@@ -32,21 +29,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input (nothing written), 3 disk full / not writable."""
+    """Run the command; return the exit code (0 done, 2 bad input: nothing written, 3 disk full / not
+    writable; :mod:`nnunet_voco.command_exit`)."""
     args = _parser().parse_args(argv)
-    from nnunet_voco.weights.nnssl_export import export_nnssl
 
-    try:
-        lines = export_nnssl(args.source, args.output)
-    except DiskWriteError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except (UserInputError, CheckpointError, OSError, ValueError) as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print("\n".join(lines))
-    return 0
+    def export() -> None:
+        from nnunet_voco.weights.nnssl_export import export_nnssl
 
+        print("\n".join(export_nnssl(args.source, args.output)))
+
+    # a file torch cannot read (RuntimeError, CheckpointError among them; OSError) is bad input, not a failure
+    return run_command(PROG, export, bad_input=(OSError, RuntimeError))
 
 if __name__ == "__main__":
     sys.exit(main())

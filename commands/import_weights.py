@@ -12,10 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nnunet_voco.checkpoint import CheckpointError
-from nnunet_voco.nnunet import UserInputError
-from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-from nnunet_voco.storage.disk_errors import DiskWriteError
+from nnunet_voco.command_exit import run_command
 
 PROG = "voco_import_weights"
 
@@ -50,40 +47,40 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 2 bad input (nothing written), 3 disk full / not writable."""
+    """Run the command; return the exit code (0 done, 2 bad input: nothing written, 3 disk full / not
+    writable; :mod:`nnunet_voco.command_exit`)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    from nnunet_voco.trainers.discovery import ensure_startup_hook
-
-    ensure_startup_hook()  # the next commands are nnUNetv2_train -tr nnUNetTrainerVoCo
     if not args.inspect and not args.output:
         parser.error("-o OUTPUT is required (or --inspect)")
     if args.dataset is not None and not args.inspect:
         parser.error("-d is used with --inspect; to write plans like the weights use voco_plan_like")
-    from nnunet_voco.weights.importer import import_weights, write_imported
-    from nnunet_voco.weights.inspection import describe_fit, describe_weights
+    for flag, value in (("--in_channels", args.in_channels), ("--feature_size", args.feature_size)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
 
-    try:
+    def convert() -> None:
+        from nnunet_voco.trainers.discovery import ensure_startup_hook
+        from nnunet_voco.weights.importer import import_weights, write_imported
+        from nnunet_voco.weights.inspection import describe_fit, describe_weights
+
+        ensure_startup_hook()  # the next commands are nnUNetv2_train -tr nnUNetTrainerVoCo
         result = import_weights(args.source, args.in_channels, args.feature_size)
         if args.inspect:
             print("\n".join(describe_weights(result)))
             if args.dataset is not None:
                 from nnunet_voco.weights.target_plans import read_target
 
-                target = read_target(args.dataset, args.plans, args.configuration)
-                print("\n".join(describe_fit(result, target, args.source)))
-            return 0
+                print("\n".join(describe_fit(result, read_target(args.dataset, args.plans, args.configuration),
+                                             args.source)))
+            return
         write_imported(result, args.output, args.source)
-    except DiskWriteError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except (UserInputError, CheckpointError, OSError, ValueError) as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    print("\n".join(result.lines()))
-    print(f"wrote {args.output} (+ {args.output.rsplit('.', 1)[0]}.json); next: voco_import_weights --inspect "
-          f"{args.output} -d DATASET, or voco_plan_like {args.output} -d DATASET")
-    return 0
+        print("\n".join(result.lines()))
+        print(f"wrote {args.output} (+ {args.output.rsplit('.', 1)[0]}.json); next: voco_import_weights --inspect "
+              f"{args.output} -d DATASET, or voco_plan_like {args.output} -d DATASET")
+
+    # a file torch cannot read (RuntimeError, CheckpointError among them; OSError) is bad input, not a failure
+    return run_command(PROG, convert, bad_input=(OSError, RuntimeError))
 
 
 if __name__ == "__main__":

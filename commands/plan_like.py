@@ -11,10 +11,8 @@ import json
 import os
 import sys
 
-from nnunet_voco.checkpoint import CheckpointError
-from nnunet_voco.nnunet import UserInputError
-from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-from nnunet_voco.storage.disk_errors import DiskWriteError
+from nnunet_voco.command_exit import run_command
+from nnunet_voco.errors import UserInputError
 
 PROG = "voco_plan_like"
 
@@ -49,18 +47,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done (or nothing to do), 2 bad input (nothing written), 3 disk full / not writable."""
+    """Run the command; return the exit code (0 done or nothing to do, 2 bad input: nothing written, 3 disk
+    full / not writable; :mod:`nnunet_voco.command_exit`)."""
     args = _parser().parse_args(argv)
-    from nnunet_voco.trainers.discovery import ensure_startup_hook
 
-    ensure_startup_hook()  # the next commands are nnUNetv2_train -tr nnUNetTrainerVoCo
-    from nnunet_voco.nnunet.planner_budget import memory_budget
-    from nnunet_voco.storage.atomic_files import write_json_atomic
-    from nnunet_voco.weights.plan_like import default_plans_name, next_commands, plans_like
-    from nnunet_voco.weights.pretrain_init import read_encoder_file
-    from nnunet_voco.weights.target_plans import fit_of, read_target
+    def plan() -> None:
+        from nnunet_voco.nnunet.planner_budget import memory_budget
+        from nnunet_voco.storage.atomic_files import write_json_atomic
+        from nnunet_voco.trainers.discovery import ensure_startup_hook
+        from nnunet_voco.weights.plan_like import default_plans_name, next_commands, plans_like
+        from nnunet_voco.weights.pretrain_init import read_encoder_file
+        from nnunet_voco.weights.target_plans import fit_of, read_target
 
-    try:
+        ensure_startup_hook()  # the next commands are nnUNetv2_train -tr nnUNetTrainerVoCo
         state, meta, _ = read_encoder_file(args.weights)
         if meta.get("encoder_family") != "cnn":
             raise UserInputError(f"{args.weights} is a SwinUNETR encoder: it fine-tunes with -tr nnUNetTrainerVoCoSwin on "
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"({fit.plan.loaded}/{fit.plan.expected} tensors load{' 1:1' if fit.verdict == '1:1' else ', input channels adapted'}); "
                   f"nothing written. Train with: nnUNet_voco_weights={args.weights} nnUNetv2_train {target.dataset_id} "
                   f"3d_fullres 0 -tr nnUNetTrainerVoCo -p {args.base_plans}")
-            return 0
+            return
         name = args.plans_name or default_plans_name(args.base_plans, args.weights)
         out = os.path.join(os.path.dirname(target.plans_file), name + ".json")
         budget = memory_budget(target.dataset_name, args.planner or target.plans.get("experiment_planner_used")
@@ -83,19 +82,14 @@ def main(argv: list[str] | None = None) -> int:
                 if json.load(f) != json.loads(json.dumps(result.plans)):
                     raise UserInputError(f"{out} exists with other content; pass -o ANOTHER_NAME or --overwrite")
         write_json_atomic(out, result.plans)
-    except DiskWriteError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except (UserInputError, CheckpointError, OSError, ValueError) as e:
-        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    if fit.verdict == "refused":
-        print(f"{args.base_plans} does not fit the weights: {fit.reason}")
-    print("\n".join(result.lines))
-    print(f"wrote {out}\nnext:")
-    print("\n".join("  " + c for c in next_commands(os.path.abspath(args.weights), target.dataset_id, name)))
-    return 0
+        if fit.verdict == "refused":
+            print(f"{args.base_plans} does not fit the weights: {fit.reason}")
+        print("\n".join(result.lines))
+        print(f"wrote {out}\nnext:")
+        print("\n".join("  " + c for c in next_commands(os.path.abspath(args.weights), target.dataset_id, name)))
 
+    # a file torch cannot read (RuntimeError, CheckpointError among them; OSError) is bad input, not a failure
+    return run_command(PROG, plan, bad_input=(OSError, RuntimeError))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -13,12 +13,14 @@ import argparse
 import os
 import sys
 
+PROG = "voco_preprocess_unlabeled"
+
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; return the exit code (0 ok, 1 nothing usable, 2 usage error or the pool is being
-    written by another run, 3 disk full / not writable, 130 interrupted)."""
+    written by another run, 3 disk full / not writable, 130 interrupted; :mod:`nnunet_voco.command_exit`)."""
     parser = argparse.ArgumentParser(
-        prog="voco_preprocess_unlabeled",
+        prog=PROG,
         description="Preprocess unlabelled images exactly like a case of the planned dataset TARGET (same "
                     "transpose, crop, resampling and normalisation with TARGET's intensity statistics) into a new "
                     "preprocessed dataset for voco_pretrain. The seg written with each case is a body mask, not an "
@@ -43,28 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.np < 1:
         parser.error(f"-np must be at least 1, got {args.np}")
 
-    from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-    from nnunet_voco.storage.disk_errors import DiskWriteError
-    from nnunet_voco.pool.create import create_unlabeled_pool
+    from nnunet_voco.command_exit import EXIT_FAILED, run_command
 
-    try:
+    def preprocess() -> int:
+        from nnunet_voco.pool.create import create_unlabeled_pool
+
         report = create_unlabeled_pool(args.i, args.d, args.o, plans_name=args.p, configuration=args.c,
                                        num_processes=args.np, dicom=args.dicom)
-    except DiskWriteError as e:
-        print(f"voco_preprocess_unlabeled: error: {e}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except (ValueError, FileNotFoundError) as e:
-        print(f"voco_preprocess_unlabeled: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("voco_preprocess_unlabeled: interrupted; finished cases are kept, run the same command again to resume",
-              file=sys.stderr)
-        return 130
-    print(report.summary())
-    if not report.written and not report.already_present:
-        print("voco_preprocess_unlabeled: error: no usable image, the pool is empty", file=sys.stderr)
-        return 1
-    return 0
+        print(report.summary())
+        if not report.written and not report.already_present:
+            print(f"{PROG}: error: no usable image, the pool is empty", file=sys.stderr)
+            return EXIT_FAILED
+        return 0
+
+    return run_command(PROG, preprocess, interrupted="interrupted; finished cases are kept, run the same command "
+                                                     "again to resume")
 
 
 if __name__ == "__main__":

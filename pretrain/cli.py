@@ -1,21 +1,31 @@
 """``voco_pretrain``: VoCo self-supervised pre-training on nnU-Net-preprocessed datasets.
 
 Also runnable as ``python -m nnunet_voco.pretrain.cli`` (that is how torchrun starts it).
+
+This module imports only light modules at its top (argparse, the config and the names of encoders
+and presets): ``--help`` and a bad flag answer before torch and nnU-Net are loaded. The flags are
+checked whole by :class:`~nnunet_voco.pretrain.config.PretrainConfig`; exceptions become exit codes
+in :func:`nnunet_voco.command_exit.run_command`.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
+from nnunet_voco.command_exit import EXIT_BAD_INPUT, print_error, run_command
 from nnunet_voco.encoders import ENCODER_CHOICES
+from nnunet_voco.errors import UserInputError
 from nnunet_voco.pretrain.config import PretrainConfig
 from nnunet_voco.voco.presets import PRESET_NAMES, V1, V2
+
+PROG = "voco_pretrain"
+AXES = ("N0", "N1", "N2")  # the preprocessed array axes 0, 1, 2, in the order of the plans' patch_size and spacing
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = PretrainConfig(datasets=("0",))
     p = argparse.ArgumentParser(
-        prog="voco_pretrain",
+        prog=PROG,
         description="VoCo (Volume Contrast) pre-training of the encoder nnU-Net builds for a dataset. Run "
                     "nnUNetv2_plan_and_preprocess first; afterwards fine-tune with "
                     "nnUNetv2_train D 3d_fullres FOLD -tr nnUNetTrainerVoCo. Multi-GPU: "
@@ -50,15 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="volumes per step per process. Default: derived from the plans' batch size so that a step fits "
              "nnU-Net's GPU-memory target (printed at start)")
     add("--num_targets", type=int, default=d.num_targets, help="target crops per volume. Default %(default)s")
-    add("--grid", type=int, nargs=3, default=None, metavar=("GX", "GY", "GZ"),
-        help="base-crop grid. Default: 3x3 over the two in-plane axes, 1 on the other (TPAMI recipe); 2x2 when "
-             "3x3 crops of the minimum size do not fit the median case. Isotropic data: the shortest axis is "
-             "left whole")
-    add("--crop_size", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"),
-        help="crop size in voxels. Default: fitted to the data, so that the window (grid x crop) fits inside the "
+    add("--grid", type=int, nargs=3, default=None, metavar=AXES,
+        help="base crops along the preprocessed array axes 0, 1, 2 (the order of the plans' patch_size and "
+             "spacing; nnU-Net usually puts the coarse axis first). Default: 3x3 over the two in-plane axes, 1 on "
+             "the other (TPAMI recipe); 2x2 when 3x3 crops of the minimum size do not fit the median case. "
+             "Isotropic data: the shortest axis is left whole")
+    add("--crop_size", type=int, nargs=3, default=None, metavar=AXES,
+        help="crop edge in voxels along the preprocessed array axes 0, 1, 2 (the order of the plans' patch_size "
+             "and spacing). Default: fitted to the data, so that the window (grid x crop) fits inside the "
              "median case: per axis the largest multiple of the encoder's total stride that fits, at most the "
              "patch size, at least max(stride, 16) (the rule and result are printed). Must be divisible by the "
-             "encoder's total stride")
+             "encoder's total stride and leave its deepest feature map more than one voxel")
     add("--lr", type=float, default=d.lr, help="peak AdamW learning rate. Default %(default)s (official); "
         "lower it if the positive loss diverges")
     add("--min_lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine. Default %(default)s")
@@ -107,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--val_windows", type=int, default=d.val_windows,
         help="fixed held-out windows evaluated each time (4 target crops each). Default %(default)s")
     add("--seed", type=int, default=d.seed, help="random seed. Default %(default)s")
-    add("--save_every", type=int, default=d.save_every, help="steps between checkpoint_latest.pth writes")
-    add("--log_every", type=int, default=d.log_every, help="steps between metric rows")
+    add("--save_every", type=int, default=d.save_every,
+        help="steps between checkpoint_latest.pth writes. Default %(default)s")
+    add("--log_every", type=int, default=d.log_every,
+        help="steps between metric rows (metrics.jsonl, log; the only host syncs). Default %(default)s")
     add("--max_nonfinite", type=int, default=d.max_nonfinite,
         help="abort after this many consecutive non-finite losses. Default %(default)s")
     add("--init", dest="init", default=None, metavar="WEIGHTS",
@@ -133,43 +147,26 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``voco_pretrain``; returns the exit code (0 done, 1 training failed, 2 bad input or folder in
-    use by another run, 3 disk full / not writable, 128 + signal when interrupted)."""
-    from nnunet_voco.checkpoint import CheckpointError
-    from nnunet_voco.trainers.discovery import ensure_startup_hook
-    from nnunet_voco.storage.disk_errors import EXIT_CODE as DISK_EXIT_CODE
-    from nnunet_voco.storage.disk_errors import DiskWriteError, disk_write_error
-    from nnunet_voco.storage.folder_lock import release_all
-    from nnunet_voco.nnunet import UserInputError
-
+    use by another run, 3 disk full / not writable, 128 + signal when interrupted; see
+    :mod:`nnunet_voco.command_exit`)."""
     args = build_parser().parse_args(argv)
-    ensure_startup_hook()
-    from nnunet_voco.pretrain.loop import Interrupted, TrainingAborted, run_pretraining
-
     try:
-        run_pretraining(config_from_args(args))
-    except DiskWriteError as e:
-        print(f"voco_pretrain: error: {e}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except (UserInputError, ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"voco_pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a write no handler above knew of: still one line if the disk is the cause
-        disk = disk_write_error(e, e.filename) if e.filename else None
-        if disk is None:
-            raise
-        print(f"voco_pretrain: error: {disk}", file=sys.stderr)
-        return DISK_EXIT_CODE
-    except TrainingAborted as e:
-        print(f"voco_pretrain: error: {e}", file=sys.stderr)
-        return 1
-    except Interrupted as e:  # preempted: the state was saved; 128 + signal, as a shell reports a kill
-        return e.exit_code
-    except KeyboardInterrupt:  # Ctrl-C before the training loop took over the signal
-        print("voco_pretrain: interrupted before the first step; nothing to save", file=sys.stderr)
-        return 130
-    finally:
-        release_all()  # the output folder's lock, on every way out
-    return 0
+        config = config_from_args(args)  # every flag, before torch is imported or anything is written
+    except UserInputError as e:
+        print_error(PROG, e)
+        return EXIT_BAD_INPUT
+    from nnunet_voco.checkpoint import CheckpointError
+    from nnunet_voco.pretrain.loop import Interrupted, TrainingAborted, run_pretraining
+    from nnunet_voco.trainers.discovery import ensure_startup_hook
+
+    ensure_startup_hook()
+
+    def pretrain() -> None:
+        run_pretraining(config)
+
+    return run_command(PROG, pretrain, bad_input=(CheckpointError,),
+                       failed=(TrainingAborted,), quiet_exit=(Interrupted,),  # preempted: the state was saved
+                       interrupted="interrupted before the first step; nothing to save")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,28 @@
-"""Configuration of one ``voco_pretrain`` run (one field per flag)."""
+"""Configuration of one ``voco_pretrain`` run (one field per flag), checked whole when it is made.
+
+Every numeric flag is checked here, once, in :meth:`PretrainConfig.__post_init__`, before anything is
+imported, opened or written: a value that would make the run silent nonsense (``--num_steps -5``
+exporting an untrained encoder, ``--lr 0``, a probability of 2, ``--grid 1 1 1`` with a single base
+crop...) raises :class:`~nnunet_voco.errors.UserInputError` naming every bad flag, its value and the
+allowed range, and the command exits with code 2. Checks that need the data or the encoder (the crop
+against the encoder's stride and deepest map, see :mod:`nnunet_voco.voco.geometry`) come later, still
+before the output folder is made.
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
+from nnunet_voco.errors import UserInputError
 from nnunet_voco.voco.presets import DEFAULT_PRESET
+
+# field -> smallest allowed value (None, where the field allows it, means "derive it")
+_INT_MINIMUM = {"num_steps": 1, "warmup_steps": 0, "batch_size": 1, "num_targets": 1, "head_dim": 1,
+                "swin_feature_size": 12, "num_workers": 0, "val_cases": 0, "val_every": 1, "val_windows": 1,
+                "seed": 0, "save_every": 1, "log_every": 1, "max_nonfinite": 1}
+_PROBABILITIES = ("flip_prob", "rot90_prob", "shift_prob", "scale_prob", "foreground_probability")
+_NON_NEGATIVE = ("min_lr", "weight_decay", "grad_clip", "pos_weight", "neg_weight", "reg_weight", "inter_weight")
 
 # Fields that define what is being trained: a run can only be continued (--c) with the same values.
 IDENTITY_FIELDS = (
@@ -70,9 +88,64 @@ class PretrainConfig:
     init: Optional[str] = None  # --init: start from this voco_encoder.pth; not part of the identity (--c ignores it)
     schedule: Optional[dict] = None  # resolved RunSchedule.to_dict(), set by the loop (no flag); kept in checkpoints
 
+    def __post_init__(self):
+        problems = flag_problems(self)
+        if problems:
+            raise UserInputError("; ".join(problems))
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def identity(self) -> dict:
         d = self.to_dict()
         return {k: d[k] for k in IDENTITY_FIELDS}
+
+
+def _flag(field: str, value) -> str:
+    shown = " ".join(str(v) for v in value) if isinstance(value, (tuple, list)) else value
+    return f"--{field} {shown}"
+
+
+def flag_problems(config: PretrainConfig) -> list[str]:
+    """Every numeric flag of ``config`` outside its range, one phrase each (empty when all are fine)."""
+    problems = []
+    for field, low in _INT_MINIMUM.items():
+        value = getattr(config, field)
+        if value is not None and not (isinstance(value, int) and value >= low):
+            problems.append(f"{_flag(field, value)} must be an integer >= {low}")
+    finite = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if isinstance(getattr(config, f.name), float)}
+    problems += [f"{_flag(k, v)} must be a finite number" for k, v in finite.items() if not math.isfinite(v)]
+
+    def bad(field, ok):  # None: derived, and a non-finite value was reported above
+        value = getattr(config, field)
+        return value is not None and (not isinstance(value, float) or math.isfinite(value)) and not ok(value)
+
+    if bad("lr", lambda v: v > 0):
+        problems.append(f"{_flag('lr', config.lr)} must be > 0 (the official value is 1e-4)")
+    problems += [f"{_flag(k, getattr(config, k))} must be >= 0" for k in _NON_NEGATIVE if bad(k, lambda v: v >= 0)]
+    problems += [f"{_flag(k, getattr(config, k))} is a probability: pass a value from 0 to 1" for k in _PROBABILITIES
+                 if bad(k, lambda v: 0 <= v <= 1)]
+    if bad("embedding_dropout", lambda v: 0 <= v < 1):
+        problems.append(f"{_flag('embedding_dropout', config.embedding_dropout)} must be >= 0 and < 1")
+    if bad("ema_momentum", lambda v: 0 <= v < 1):
+        problems.append(f"{_flag('ema_momentum', config.ema_momentum)} must be >= 0 and < 1 (1 freezes the teacher)")
+    if bad("ema_momentum_final", lambda v: 0 <= v <= 1):
+        problems.append(f"{_flag('ema_momentum_final', config.ema_momentum_final)} must be from 0 to 1")
+    if not problems and config.min_lr > config.lr:
+        problems.append(f"--min_lr {config.min_lr} exceeds --lr {config.lr}; the cosine would rise: pass "
+                        f"--min_lr <= {config.lr}")
+    if not problems and config.warmup_steps is not None and config.warmup_steps > config.num_steps:
+        problems.append(f"--warmup_steps {config.warmup_steps} exceeds --num_steps {config.num_steps}, so the learning "
+                        f"rate would never reach --lr; pass --warmup_steps <= {config.num_steps}")
+    if not problems and 0 == config.pos_weight == config.neg_weight == config.reg_weight == config.inter_weight:
+        problems.append("--pos_weight, --neg_weight, --reg_weight and --inter_weight are all 0: the loss would be 0, "
+                        "nothing to learn; keep at least one > 0")
+    for field in ("crop_size", "grid"):
+        value = getattr(config, field)
+        if value is not None and (len(value) != 3 or not all(isinstance(v, int) and v >= 1 for v in value)):
+            problems.append(f"{_flag(field, value)} needs 3 integers >= 1 (one per array axis 0, 1, 2)")
+    if config.grid is not None and len(config.grid) == 3 and math.prod(config.grid) == 1:
+        problems.append(f"{_flag('grid', config.grid)} gives a single base crop, so there is no position to predict; "
+                        f"split at least one axis (e.g. --grid 1 3 3)")
+    return problems

@@ -215,7 +215,7 @@ def _log_window(setup: RunSetup, config, state: _LoopState, values, bar, folder:
         log(f"VoCo: warning: {100 * row['padding_share']:.0f}% of the base-crop voxels up to step {step} are padding "
             f"(window {setup.layout.window}); the pretext degenerates on constant crops: pass a smaller --crop_size "
             f"or --grid")
-    bar.set_postfix(loss=f"{row['loss']:.4f}", pos=f"{row['pos']:.3f}", reg=f"{row['reg']:.3f}")
+    bar.set_postfix(loss=f"{row['loss']:.4f}", pos_loss=f"{row['pos']:.3f}", reg_loss=f"{row['reg']:.3f}")
     log(f"step {step}: " + ", ".join(f"{k} {row[k]:.4g}" for k in ("loss", "pos", "neg", "reg", "inter", "lr")
                                      if k in row), also_print=False)
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nnunet_voco import __version__
 from nnunet_voco.artifacts import ENCODER_FILE, ENCODER_META_FILE, PRETRAINED_NETWORK_FILE, write_encoder
 from nnunet_voco.checkpoint import save_atomic, to_plain, transfer_encoder
-from nnunet_voco.nnunet import UserInputError
+from nnunet_voco.errors import UserInputError
 from nnunet_voco.pretrain.run_state import FINAL, LATEST, plain_keys
 from nnunet_voco.storage import folder_lock
 from nnunet_voco.storage.atomic_files import write_files_atomic, write_json_atomic
@@ -81,8 +81,9 @@ def prepare_output_folder(folder: str, config) -> str | None:
         for key, value in config.identity().items():
             if key in previous and previous[key] != value:
                 raise UserInputError(
-                    f"{folder} holds a run with {key}={previous[key]} but this run has {key}={value}; pass "
-                    f"-o to use another folder, or --overwrite to replace that run"
+                    f"{folder} holds a run with {identity_flag(key, previous[key])} but this run has "
+                    f"{identity_flag(key, value)}; pass the same flags to continue it, -o to use another folder, "
+                    f"or --overwrite to replace that run"
                 )
     if config.continue_training:
         return checkpoint
@@ -90,6 +91,20 @@ def prepare_output_folder(folder: str, config) -> str | None:
         raise UserInputError(f"{folder} already holds a run ({os.path.basename(checkpoint)}); pass --c to continue "
                              f"it or --overwrite to start over")
     return None
+
+
+_SHORT_FLAGS = {"datasets": "-d", "plans": "-p", "configuration": "-c"}
+_DERIVED = {"crop_size": "derived from the data", "grid": "derived from the data", "head_dim": "the preset's default",
+            "swin_feature_size": "the encoder's default"}
+
+
+def identity_flag(key: str, value) -> str:
+    """An identity field as the user typed it: ``--crop_size 16 64 64``, or ``crop_size derived from the data
+    (no --crop_size)`` for a value left to the run."""
+    flag = _SHORT_FLAGS.get(key, f"--{key}")
+    if value is None:
+        return f"{key} {_DERIVED.get(key, 'not given')} (no {flag})"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, (list, tuple)) else value}"
 
 
 def remove_stale_temp_files(folder: str) -> list[str]:

@@ -81,13 +81,14 @@ def resolve_layout(config, configuration_manager, bundle: EncoderBundle, median_
     Returns:
         The layout and a one-line account of the rule that produced it (printed at start).
     """
+    spacing = configuration_manager.spacing
     if config.crop_size is None:
-        crop, grid, rule = bundle.fit_layout(median_shape, configuration_manager.patch_size,
-                                             configuration_manager.spacing, config.grid)
+        crop, grid, rule = bundle.fit_layout(median_shape, configuration_manager.patch_size, spacing, config.grid)
     else:
-        crop = bundle.validate_crop(config.crop_size)
-        grid = tuple(config.grid or geometry.default_grid(configuration_manager.spacing, 3, median_shape))
-        rule = f"crop size {crop} given (--crop_size), grid {grid} {'given' if config.grid else '(3x3 in-plane)'}"
+        crop, grid = tuple(config.crop_size), tuple(config.grid or geometry.default_grid(spacing, 3, median_shape))
+        rule = (f"crop size {crop} given (--crop_size), grid {grid} "
+                + ("given (--grid)" if config.grid else "(default: 3x3 in-plane)"))
+    crop = bundle.validate_crop(crop, spacing)  # every crop, given or fitted (the monitor's too): stride, deepest map
     geometry.window_size(crop, grid)  # validates the grid
     if config.num_targets < 1:
         raise UserInputError(f"--num_targets {config.num_targets} must be >= 1")
@@ -274,7 +275,8 @@ class RunSetup:
             f"VoCo pre-training: preset {config.preset}, encoder {config.encoder} ({self.bundle.embedding_dim}-d "
             f"embedding), datasets {', '.join(s.name for s in self.sources)} ({len(self.train_cases)} training + "
             f"{len(self.val_cases)} held-out cases), plans {config.plans}, configuration {config.configuration}",
-            f"VoCo: geometry: {self.geometry_rule} (median of {len(self.shapes)} cases)",
+            f"VoCo: geometry (median case {self.median_shape} of {len(self.shapes)} checked cases): "
+            f"{self.geometry_rule}",
             f"VoCo: crop {layout.crop_size}, grid {layout.grid} ({layout.num_bases} base + {layout.num_targets} "
             f"target crops, window {layout.window}), {self.batch_size} volumes/step/process x {ctx.world_size} "
             f"processes, device {ctx.device}, precision {self.amp_dtype or 'fp32'}, {self.num_workers} data "

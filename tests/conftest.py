@@ -11,6 +11,8 @@ import pytest
 
 TOY_ID = 990
 TOY_NAME = f"Dataset{TOY_ID}_VoCoToy"
+# A three-stage ResEnc (strides 1, 2, 2 in-plane, 2 through-plane: total 2 x 4 x 4) with patch 8 x 16 x 16
+TINY_STRIDES = ((1, 1, 1), (1, 2, 2), (2, 2, 2))
 
 
 def write_toy_raw(raw: str, n_cases: int = 5, shape=(24, 56, 56), spacing=(1.0, 1.0, 2.5), seed: int = 0) -> str:
@@ -87,7 +89,7 @@ def script(name: str) -> str:
 def run(cmd: list[str], env: dict, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
     """Run a console script of the venv this test runs in."""
     proc = subprocess.run([script(cmd[0])] + cmd[1:], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+                          encoding="utf-8", errors="replace", timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -115,3 +117,19 @@ def pretrained_toy(planned_toy):
     """``voco_pretrain`` (default plans, 4 steps) on the toy dataset; returns (env, output folder)."""
     run(["voco_pretrain", "-d", str(TOY_ID), "--num_steps", "4", "--save_every", "2"] + PRETRAIN_FAST, planned_toy)
     return planned_toy, os.path.join(planned_toy["nnUNet_results"], TOY_NAME, "VoCo__nnUNetPlans__3d_fullres")
+
+
+def open_tiny_synthetic(tmp_path, monkeypatch, dataset_id: int, n_cases: int, shape=(12, 40, 40), strides=TINY_STRIDES,
+                        patch_size=(8, 16, 16), features=None) -> list:
+    """A SYNTHETIC preprocessed dataset (hand-written ResEnc plans, nnU-Net's save_case) under ``tmp_path``,
+    opened as voco_pretrain opens data; the nnU-Net folder variables point there for the test."""
+    from nnunet_voco.nnunet import open_dataset
+    from nnunet_voco.nnunet.synthetic_datasets import RESENC_M_PLANS, nnunet_folders, synthetic_plans, \
+        write_synthetic_dataset
+
+    for key, value in nnunet_folders(str(tmp_path)).items():
+        monkeypatch.setenv(key, value)
+    features = features or [4 * 2 ** i for i in range(len(strides))]
+    plans = synthetic_plans("Tiny", patch_size, features, strides, (1,) * len(strides))
+    write_synthetic_dataset(os.environ["nnUNet_preprocessed"], dataset_id, "Tiny", plans, n_cases, shape)
+    return [open_dataset(dataset_id, RESENC_M_PLANS, "3d_fullres")]

@@ -16,7 +16,7 @@ def _env_in_fresh_interpreter(extra: dict) -> str:
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     env.update(extra)
     code = "import os; print(os.environ.get('nnUNet_extTrainer', ''))"
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip()
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, encoding="utf-8", errors="replace").stdout.strip()
 
 
 def test_hook_sets_the_variable_and_keeps_user_values():
@@ -54,7 +54,7 @@ def test_regular_install_ships_a_working_hook(tmp_path):
                    check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("nnUNet_extTrainer", "PYTHONPATH", "VIRTUAL_ENV")}
     code = "import os, sysconfig; print(os.environ.get('nnUNet_extTrainer', '')); print(sysconfig.get_paths()['purelib'])"
-    value, site_dir = subprocess.run([py, "-c", code], env=env, capture_output=True, text=True,
+    value, site_dir = subprocess.run([py, "-c", code], env=env, capture_output=True, encoding="utf-8", errors="replace",
                                      check=True).stdout.split()
     shim = os.path.join(site_dir, "nnunet_voco", "trainers", "nnunet_shim")
     assert value == shim and os.path.isfile(os.path.join(shim, "nnunet_voco_trainers.py"))

@@ -50,13 +50,44 @@ def test_default_grid_splits_the_in_plane_axes(spacing, grid):
 
 
 def test_indivisible_crop_names_the_axis():
-    with pytest.raises(ValueError, match=r"axis y .*multiple of 8"):
+    with pytest.raises(ValueError, match=r"20 on axis 1; pass --crop_size 8 16 16 \(the nearest multiples"):
         geometry.validate_crop_size((8, 20, 16), (4, 8, 8))
+
+
+def test_every_bad_axis_is_named_at_once_by_index_and_spacing():
+    """``--crop_size 8 7 7`` on (z, y, x) data at 2.5 x 1 x 1 mm: both bad axes in one message, named as the
+    plans order them (the preprocessed array axes), with their spacing; the suggestion fixes both."""
+    with pytest.raises(ValueError) as error:
+        geometry.validate_crop_size((8, 7, 7), (1, 2, 2), (2.5, 1.0, 1.0))
+    assert str(error.value) == ("crop size 8 x 7 x 7 is not divisible by the encoder's total stride 1 x 2 x 2: 7 on "
+                                "axis 1 (1 mm), 7 on axis 2 (1 mm); pass --crop_size 8 8 8 (the nearest multiples "
+                                "of the stride)")
+    assert geometry.axis_label(0, (2.5, 1.0, 1.0)) == "axis 0 (2.5 mm)"
+
+
+@pytest.mark.parametrize("crop, divisor, deepest, options", [
+    ((32, 32, 32), (32, 32, 32), "1 x 1 x 1", "64 32 32, 32 64 32 or 32 32 64"),  # nnssl's ResEnc-L: 5 x stride 2
+    ((4, 32, 32), (4, 32, 32), "1 x 1 x 1", "8 32 32, 4 64 32 or 4 32 64"),  # anisotropic plans: stride 1 x 2 x 2 first
+])
+def test_a_single_voxel_deepest_map_is_refused_with_the_smallest_crops_that_work(crop, divisor, deepest, options):
+    with pytest.raises(ValueError) as error:
+        geometry.check_deepest_map(crop, divisor)
+    message = str(error.value)
+    assert f"deepest feature map {deepest} voxel" in message and message.endswith(f"--crop_size {options}")
+    for option in options.replace(" or", ",").split(", "):  # each suggestion passes; half of it does not
+        geometry.check_deepest_map(tuple(map(int, option.split())), divisor)
+    geometry.check_deepest_map(crop[:2] + (2 * crop[2],), divisor)
+
+
+def test_fitted_layouts_obey_the_deepest_map_rule():
+    crop, grid, _ = geometry.fitted_layout((32, 32, 32), (32, 32, 32), (1, 1, 1), (32, 32, 32))
+    geometry.check_deepest_map(crop, (32, 32, 32))  # the fit doubles an axis itself
+    assert geometry.deepest_map(crop, (32, 32, 32)) != (1, 1, 1)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"crop_size": (8, 8), "grid": (1, 1, 1)}, "3 entries"),
-    ({"crop_size": (8, 8, 8), "grid": (1, 0, 1)}, "axis y"),
+    ({"crop_size": (8, 8, 8), "grid": (1, 0, 1)}, r"axis 1 below 1"),
 ])
 def test_bad_grid_or_crop(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -64,7 +95,7 @@ def test_bad_grid_or_crop(kwargs, match):
 
 
 def test_crop_larger_than_window_is_refused():
-    with pytest.raises(ValueError, match="axis z"):
+    with pytest.raises(ValueError, match="exceeds the window 8 x 8 x 4 on axis 2;"):
         geometry.sample_target_offsets((8, 8, 4), (4, 4, 8), 1, np.random.default_rng(0))
 
 

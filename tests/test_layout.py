@@ -5,6 +5,8 @@
 * Only the nnU-Net door (``nnunet_voco/nnunet/``), the encoders and the trainers import nnunetv2.
 * No import circle between modules, counting every import (also those inside functions).
 * No source file over 400 lines; trainer files stay short.
+* A package's ``__init__`` only re-exports: it defines no function and no class.
+* Every command ends through the one exit mapping, ``nnunet_voco.command_exit``.
 """
 import ast
 import os
@@ -27,7 +29,7 @@ def _modules() -> dict[str, str]:
                     path = os.path.join(root, name)
                     rel = os.path.relpath(path, os.path.join(REPO, folder))[:-3].replace(os.sep, ".")
                     rel = rel[: -len(".__init__")] if rel.endswith("__init__") else rel
-                    found[package if rel == "__init__" else f"{package}.{rel}"] = path
+                    found[package if rel in ("", "__init__") else f"{package}.{rel}"] = path
     return found
 
 
@@ -107,3 +109,16 @@ def test_source_files_stay_small(module):
     lines = sum(1 for _ in open(MODULES[module], encoding="utf-8"))
     limit = 120 if module.startswith("nnunet_voco.trainers") else 400
     assert lines <= limit, f"{MODULES[module]} has {lines} lines (limit {limit}); split it by idea"
+
+
+@pytest.mark.parametrize("module", sorted(m for m, p in MODULES.items() if p.endswith("__init__.py")))
+def test_a_package_face_only_re_exports(module):
+    tree = ast.parse(open(MODULES[module], encoding="utf-8").read())
+    defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert not defined, f"{MODULES[module]} defines {defined}; move them into a module of their own and re-export"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("nnunet_voco.commands.")) +
+                         ["nnunet_voco.pretrain.cli"])
+def test_every_command_ends_through_the_one_exit_mapping(module):
+    assert "nnunet_voco.command_exit" in IMPORTS[module], f"{MODULES[module]} maps exceptions to exit codes itself"

@@ -61,7 +61,7 @@ def test_stock_pretrained_weights_run_starts(pretrained_toy):
     env, folder = pretrained_toy
     cmd = [script("nnUNetv2_train"), str(TOY_ID), "3d_fullres", "1", "-tr", "nnUNetTrainerVoCoScratch_smoke", "-device", "cpu",
            "-pretrained_weights", os.path.join(folder, "pretrained_network.pth")]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")
     seen, deadline = [], time.time() + 300
     for line in proc.stdout:
         seen.append(line)
@@ -94,7 +94,9 @@ def test_resenc_m_plans_and_continue(planned_toy):
     (["-d", "4242"], "unknown dataset '4242'"),
     (["-d", str(TOY_ID), "-p", "nnUNetFooPlans"], "plans 'nnUNetFooPlans' not found"),
     (["-d", str(TOY_ID), "-c", "2d_foo"], "configuration '2d_foo' is not in"),
-    (["-d", str(TOY_ID), "--crop_size", "8", "12", "16"], "axis y"),
+    # every bad axis at once, named as the plans order them (z, y, x at 2.5 x 1 x 1 mm), with a crop that works
+    (["-d", str(TOY_ID), "--crop_size", "8", "12", "15"], "12 on axis 1 (1 mm), 15 on axis 2 (1 mm); pass "
+                                                          "--crop_size 8 16 16"),
 ])
 def test_bad_input_is_one_line_exit_2(planned_toy, args, message, tmp_path):
     out = run(["voco_pretrain"] + args + ["-device", "cpu", "-o", str(tmp_path / "out")], planned_toy, check=False)

@@ -67,7 +67,7 @@ def tmpfs(tmp_path):
         path = str(tmp_path / f"tmpfs{len(mounted)}")
         os.makedirs(path)
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size_mb * 1024)}k", "tmpfs", path],
-                              capture_output=True, text=True, encoding="utf-8")
+                              capture_output=True, encoding="utf-8", errors="replace")
         if proc.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs for a real full disk: {proc.stderr.strip() or proc.returncode} "
                         f"(run as root, or in a container with CAP_SYS_ADMIN)")
@@ -81,7 +81,7 @@ def tmpfs(tmp_path):
 
 def _command(argv: list[str], env: dict) -> subprocess.CompletedProcess:
     """Run a console script of this venv (``argv[0]``), capturing its UTF-8 output."""
-    return subprocess.run([script(argv[0])] + argv[1:], env=env, capture_output=True, text=True, encoding="utf-8",
+    return subprocess.run([script(argv[0])] + argv[1:], env=env, capture_output=True, encoding="utf-8", errors="replace",
                           timeout=900)
 
 
@@ -366,10 +366,78 @@ def test_pool_skips_and_lists_every_bad_input(planned_toy, tmp_path, monkeypatch
     assert read_pool_provenance(report.folder)["skipped"] == report.skipped
 
 
+def _entries_that_are_no_image_files(folder) -> dict:
+    """Real entries named like images that cannot be read as one: name -> the start of the expected reason."""
+    os.symlink("/mnt/voco_unmounted_share/scan_017.nii.gz", folder / "share_017.nii.gz")  # the drive is not mounted
+    os.symlink("loop_b.nii.gz", folder / "loop_a.nii.gz")
+    os.symlink("loop_a.nii.gz", folder / "loop_b.nii.gz")
+    (folder / "folder.nii.gz").mkdir()
+    os.mkfifo(folder / "pipe.nrrd")  # opening it would block: it must never be opened
+    shutil.copy(folder / "good.nii.gz", folder / "._good.nii.gz")  # a macOS copy's companion file
+    return {"share_017.nii.gz": "dangling link to /mnt/voco_unmounted_share/scan_017.nii.gz; is the drive mounted?",
+            "loop_a.nii.gz": "symbolic link loop (loop_a.nii.gz -> loop_b.nii.gz", "loop_b.nii.gz": "symbolic link loop",
+            "folder.nii.gz": "a folder, not an image file (a DICOM series? pass --dicom)",
+            "pipe.nrrd": "a named pipe, not an image file", "._good.nii.gz": "hidden file"}
+
+
+def test_pool_lists_every_entry_named_like_an_image_that_is_not_read(planned_toy, tmp_path, monkeypatch):
+    """Issue 21: a dangling link (an unmounted share) used to vanish: "3 cases written, 0 skipped"."""
+    from nnunet_voco.pool.create import create_unlabeled_pool
+    from nnunet_voco.pool.provenance import read_pool_provenance
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, planned_toy[key])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _write_image(str(folder / "good.nii.gz"), _volume(), compress=True)
+    expected = _entries_that_are_no_image_files(folder)
+    (folder / "notes.txt").write_text("not named like an image: ignored")
+    report = create_unlabeled_pool([str(folder)], TOY_ID, 884, progress=False)
+    reasons = {os.path.basename(s["file"]): s["reason"] for s in report.skipped}
+    assert report.written == ["good"] and set(reasons) == set(expected), reasons
+    assert all(reasons[name].startswith(start) for name, start in expected.items()), reasons
+    summary = report.summary()
+    assert "1 cases written, 6 skipped" in summary
+    assert (f"  {folder / 'share_017.nii.gz'}: dangling link to /mnt/voco_unmounted_share/scan_017.nii.gz; is the "
+            f"drive mounted?") in summary.splitlines()
+    assert read_pool_provenance(report.folder)["skipped"] == report.skipped
+
+
+def _without_root_privileges(cmd: list[str]) -> list[str]:
+    """Tests run as root here, and root reads a chmod-000 file. Dropping CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH
+    from the bounding set (setpriv, util-linux) makes the permission bits bind again: a real EACCES."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a permission fault cannot be made real")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] + cmd
+
+
+def test_pool_lists_an_unreadable_file_and_refuses_an_unlistable_folder(planned_toy, tmp_path):
+    folder, closed = tmp_path / "in", tmp_path / "closed"
+    folder.mkdir()
+    closed.mkdir()
+    _write_image(str(folder / "good.nii.gz"), _volume(), compress=True)
+    shutil.copy(folder / "good.nii.gz", folder / "locked.nii.gz")
+    os.chmod(folder / "locked.nii.gz", 0)
+    os.chmod(closed, 0)
+    cmd = [script("voco_preprocess_unlabeled"), "-i", str(folder), "-d", str(TOY_ID), "-o", "885", "-np", "1"]
+    proc = subprocess.run(_without_root_privileges(cmd), env=planned_toy, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 cases written, 1 skipped" in proc.stdout
+    assert f"  {folder / 'locked.nii.gz'}: not readable (Permission denied); check its permissions" in \
+        proc.stdout.splitlines()
+    cmd[2] = str(closed)
+    proc = subprocess.run(_without_root_privileges(cmd), env=planned_toy, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"voco_preprocess_unlabeled: error: cannot list input folder {closed} (Permission denied); make it readable "
+        f"or drop it from -i"), proc.stderr
+
+
 # ============ one run per folder (real processes) ============
 def _hold_lock(path: str, command: str = "voco_pretrain") -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path, command], stdout=subprocess.PIPE, text=True,
-                            encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, path, command], stdout=subprocess.PIPE, encoding="utf-8",
+                            errors="replace")
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -412,7 +480,7 @@ def test_second_voco_pretrain_on_one_folder_exits_2_and_a_killed_holder_is_repor
         _wait(lambda: os.path.isfile(lock) and f'"pid": {first.pid}' in open(lock).read(), first, "taking the lock")
         for extra in (["--c"], []):
             second = subprocess.run(argv + ["--num_steps", "100000"] + extra, env=planned_toy, capture_output=True,
-                                    text=True, encoding="utf-8", timeout=900)
+                                    encoding="utf-8", errors="replace", timeout=900)
             assert second.returncode == 2, second.stdout[-2000:] + second.stderr[-2000:]
             assert second.stderr.startswith(f"voco_pretrain: error: {out} is in use by voco_pretrain (pid {first.pid} "
                                             f"on host ") and second.stderr.count("\n") == 1, second.stderr
@@ -433,7 +501,7 @@ def test_second_pool_writer_exits_2(planned_toy, tmp_path):
     try:
         run = subprocess.run([script("voco_preprocess_unlabeled"), "-i", os.path.join(planned_toy["nnUNet_raw"],
                               TOY_NAME, "imagesTr"), "-d", str(TOY_ID), "-o", "883"], env=planned_toy,
-                             capture_output=True, text=True, encoding="utf-8", timeout=900)
+                             capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     finally:
         holder.kill()
         holder.wait()
@@ -495,7 +563,7 @@ def test_resume_with_more_steps_continues_the_learning_rate_curve(planned_toy, t
     torch.save(state, out / run_state.LATEST)
     os.remove(out / run_state.FINAL)
     refused = subprocess.run(argv + ["--num_steps", "12", "--c", "--lr", "2e-4"], env=planned_toy,
-                             capture_output=True, text=True, encoding="utf-8", timeout=900)
+                             capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert refused.returncode == 2 and "trained with --lr 0.0001 but this run has --lr 0.0002" in refused.stderr
     second = _command(argv + ["--num_steps", "12", "--c"], planned_toy)
     assert second.returncode == 0, second.stderr[-2000:]

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from conftest import TOY_ID, TOY_NAME, nnunet_env
+from nnunet_voco.nnunet.synthetic_datasets import make_preprocessed_dataset
 from nnunet_voco.checkpoint import STATE_FORMAT, CheckpointError, load_file
 from nnunet_voco.pretrain import cli
 from nnunet_voco.pretrain.run_state import LATEST
@@ -37,7 +38,7 @@ BENCHMARK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 def _benchmark():
-    """``benchmarks/memory.py`` (not a package): dataset builders and the RSS tracer."""
+    """``benchmarks/memory.py`` (a script, not a package): the memory benchmark under test."""
     spec = importlib.util.spec_from_file_location("voco_memory_benchmark", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -91,7 +92,7 @@ def assert_one_line_error(code: int, err: str, fragment: str, exit_code: int = 2
 
 def _make_dataset(env: dict, dataset_id: int, name: str, cases: dict) -> str:
     template = os.path.join(env["nnUNet_preprocessed"], TOY_NAME)
-    return _benchmark().make_preprocessed_dataset(env["nnUNet_preprocessed"], template, dataset_id, name, cases)
+    return make_preprocessed_dataset(env["nnUNet_preprocessed"], template, dataset_id, name, cases)
 
 
 def _toy_case(env: dict, identifier: str):
@@ -232,9 +233,9 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
 
 
 @pytest.mark.parametrize("flags, fragment", [
-    (["--preset", "v1"], "holds a run with preset=v2 but this run has preset=v1; pass -o"),
-    (["--preset", "v1", "--c"], "holds a run with preset=v2 but this run has preset=v1; pass -o"),
-    (["--crop_size", "8", "32", "32"], "holds a run with crop_size=[8, 16, 16] but this run has crop_size=[8, 32, 32]"),
+    (["--preset", "v1"], "holds a run with --preset v2 but this run has --preset v1; pass the same flags"),
+    (["--preset", "v1", "--c"], "holds a run with --preset v2 but this run has --preset v1; pass the same flags"),
+    (["--crop_size", "8", "32", "32"], "holds a run with --crop_size 8 16 16 but this run has --crop_size 8 32 32"),
     ([], "already holds a run (checkpoint_latest.pth); pass --c to continue it or --overwrite"),
 ])
 def test_folder_of_another_run_is_refused(use_env, trained, tmp_path, capsys, flags, fragment):
@@ -360,7 +361,7 @@ def test_sigkill_at_random_moments_then_resume_continues_the_curve(toy, tmp_path
         state = load_file(str(out / LATEST))  # weights_only=True: never a torn file
         assert state["format"] == STATE_FORMAT and state["step"] >= (saved or [1])[-1]
         saved.append(state["step"])
-    final = subprocess.run([EXE] + argv + ["--c"], env=toy, capture_output=True, text=True, timeout=900)
+    final = subprocess.run([EXE] + argv + ["--c"], env=toy, capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
     assert f"continuing from {out / LATEST} at step {saved[-1]}" in final.stdout
     rows = _rows(out)

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import data_pipeline, step_profile  # noqa: E402
+from benchmarks import step_profile  # noqa: E402
+from conftest import open_tiny_synthetic  # noqa: E402
 from nnunet_voco.encoders.swin import build_swin_encoder  # noqa: E402
+from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
+from nnunet_voco.nnunet.synthetic_datasets import RESENC_M_PLANS  # noqa: E402
+from nnunet_voco.pretrain import run_setup  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
-from nnunet_voco.nnunet.loader import VoCoStream, make_loader  # noqa: E402
-from nnunet_voco.pretrain import run_setup  # noqa: E402
 from nnunet_voco.pretrain.run_setup import V2_ONE_VOLUME_WARNING, RunSetup, resolve_batch_size, resolve_run  # noqa: E402
 from nnunet_voco.voco import geometry  # noqa: E402
 from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
@@ -23,18 +25,11 @@ from nnunet_voco.voco.presets import PRESET_NAMES, V1, V2, get_preset  # noqa: E
 from nnunet_voco.voco.sampling import WindowSampler  # noqa: E402
 from test_model import tiny_bundle  # noqa: E402
 
-TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
-
 
 @pytest.fixture
 def tiny_source(tmp_path, monkeypatch):
-    from nnunet_voco.nnunet import open_dataset
-
-    folders = data_pipeline.nnunet_folders(str(tmp_path))
-    for key, value in folders.items():
-        monkeypatch.setenv(key, value)
-    data_pipeline.write_synthetic_dataset(folders["nnUNet_preprocessed"], 982, "Tiny", TINY_PLANS, 3, (12, 40, 40))
-    return [open_dataset(982, data_pipeline.PLANS, "3d_fullres")]
+    """3 SYNTHETIC cases of 12 x 40 x 40 with a three-stage ResEnc (nnunet_voco.nnunet.synthetic_datasets)."""
+    return open_tiny_synthetic(tmp_path, monkeypatch, 982, 3)
 
 
 @pytest.mark.parametrize("preset, values", [
@@ -73,17 +68,18 @@ def test_inplane_axes(grid, spacing, median, expected):
 
 def test_encoders_say_which_crops_they_accept():
     assert tiny_bundle().validate_crop((8, 12, 16)) == (8, 12, 16)
-    with pytest.raises(ValueError, match="on axis y"):
-        tiny_bundle().validate_crop((8, 10, 16))
+    with pytest.raises(ValueError, match=r"10 on axis 1 \(1 mm\)"):
+        tiny_bundle().validate_crop((8, 10, 16), (2.5, 1.0, 1.0))
     swin = build_swin_encoder(1, 12)
     assert swin.crop_stride == (32, 32, 32) and swin.validate_crop((32, 64, 32)) == (32, 64, 32)
-    with pytest.raises(ValueError, match="1-voxel bottleneck"):
-        swin.validate_crop((32, 32, 32))
+    for bundle, crop in ((swin, (32, 32, 32)), (tiny_bundle(), (4, 4, 4))):  # one shared rule for both families
+        with pytest.raises(ValueError, match="deepest feature map 1 x 1 x 1 voxel"):
+            bundle.validate_crop(crop)
 
 
 @pytest.mark.parametrize("preset", ["v2", "v1"])
 def test_resolve_run_applies_the_rules_once(tiny_source, preset):
-    config = PretrainConfig(datasets=("982",), plans=data_pipeline.PLANS, preset=preset, head_dim=16, num_workers=0)
+    config = PretrainConfig(datasets=("982",), plans=RESENC_M_PLANS, preset=preset, head_dim=16, num_workers=0)
     setup = resolve_run(config, tiny_source, RunContext(torch.device("cpu")))
     cm = tiny_source[0].configuration_manager
     crop, grid, _ = geometry.fitted_layout(setup.median_shape, cm.patch_size, cm.spacing, setup.bundle.crop_stride)
@@ -92,6 +88,8 @@ def test_resolve_run_applies_the_rules_once(tiny_source, preset):
     assert setup.inplane == geometry.inplane_axes(grid, cm.spacing, setup.median_shape)
     assert setup.augment.shift_prob == get_preset(preset).shift_prob and setup.warmup_steps == 5000
     assert len(setup.val_cases) == 2 and len(setup.train_cases) == 1
+    assert setup.describe("F")[1].startswith("VoCo: geometry (median case (12, 40, 40) of 3 checked cases): window = "
+                                             "grid x crop fitted to the median case (12, 40, 40)")
     one_volume = preset == "v2" and setup.batch_size == 1  # the tiny plans give 1 volume per step
     assert setup.warnings == ((V2_ONE_VOLUME_WARNING,) if one_volume else ())
     batch = next(iter(setup.make_loader(0)))
@@ -99,7 +97,7 @@ def test_resolve_run_applies_the_rules_once(tiny_source, preset):
 
 
 def test_step_benchmark_uses_the_resolved_run(tiny_source):
-    pipe = step_profile.build_pipeline(tiny_source, data_pipeline.PLANS, batch_size=1, num_workers=0, head_dim=16)
+    pipe = step_profile.build_pipeline(tiny_source, RESENC_M_PLANS, batch_size=1, num_workers=0, head_dim=16)
     assert isinstance(pipe.setup, RunSetup) and pipe.optimizer is pipe.setup.optimizer
     assert pipe.model is pipe.setup.model and pipe.inplane == pipe.setup.inplane and not pipe.setup.val_cases
 
@@ -113,7 +111,7 @@ def test_default_workers_share_the_machine_between_its_ranks(monkeypatch):
 
 
 def test_batch_bytes_is_what_the_loader_hands_over(tiny_source):
-    config = PretrainConfig(datasets=("982",), plans=data_pipeline.PLANS, head_dim=16, num_workers=0, batch_size=2,
+    config = PretrainConfig(datasets=("982",), plans=RESENC_M_PLANS, head_dim=16, num_workers=0, batch_size=2,
                             crop_size=(8, 16, 16))
     setup = resolve_run(config, tiny_source, RunContext(torch.device("cpu")))
     batch = next(iter(setup.make_loader(0)))
@@ -137,7 +135,7 @@ def test_shared_memory_warning_names_the_need_and_a_worker_count_that_fits(monke
 @pytest.mark.parametrize("start_method", ["forkserver"])
 def test_workers_started_without_a_fork_of_the_run_give_the_same_batches(tiny_source, start_method):
     """The CUDA path's start method: the stream pickles to clean worker processes and draws the same windows."""
-    config = PretrainConfig(datasets=("982",), plans=data_pipeline.PLANS, head_dim=16, num_workers=1, batch_size=2,
+    config = PretrainConfig(datasets=("982",), plans=RESENC_M_PLANS, head_dim=16, num_workers=1, batch_size=2,
                             crop_size=(8, 16, 16))
     setup = resolve_run(config, tiny_source, RunContext(torch.device("cpu")))
     assert setup.worker_start_method is None  # CPU: the platform default (fork)

@@ -99,7 +99,7 @@ def test_swin_patch_size(patch, expected):
 
 
 def test_input_size_error_names_axis_and_nearest_size():
-    with pytest.raises(ValueError, match=r"axis y has 40 .* nearest valid size is 32"):
+    with pytest.raises(ValueError, match=r"array axis 1 has 40 .* nearest valid size is 32"):
         check_swin_input_size((64, 40, 64))
     with pytest.raises(ValueError, match="1-voxel bottleneck"):
         check_swin_input_size((32, 32, 32))

@@ -124,6 +124,40 @@ def test_missing_weights_print_the_command(pretrained_toy, monkeypatch, tmp_path
         load_voco_weights(trainer)
 
 
+def test_missing_weights_end_nnunetv2_train_in_one_line_and_leave_no_empty_fold(planned_toy, tmp_path):
+    """Before: the message came at the end of a 42-line traceback and an empty fold_0 (with a log) stayed."""
+    from nnunet_voco.trainers.discovery import shim_folder
+
+    env = dict(planned_toy, nnUNet_results=str(tmp_path / "results"), nnUNet_extTrainer=shim_folder())
+    os.makedirs(env["nnUNet_results"])
+    out = run(["nnUNetv2_train", str(TOY_ID), "3d_fullres", "0", "-tr", TR, "-device", "cpu"], env, check=False)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"nnUNetv2_train: error: no VoCo weights for {TOY_NAME} (nnUNetPlans, 3d_fullres, cnn encoder) under "
+        f"$nnUNet_results/*/VoCo__nnUNetPlans__3d_fullres/; run `voco_pretrain -d {TOY_ID} -c 3d_fullres` first, or "
+        f"set nnUNet_voco_weights=/path/to/voco_encoder.pth")
+    assert os.listdir(env["nnUNet_results"]) == []  # no fold_0, trainer or dataset folder left behind
+
+
+def test_weights_pretrained_for_zero_steps_are_refused(pretrained_toy, monkeypatch, tmp_path):
+    from nnunet_voco import artifacts
+    from nnunet_voco.checkpoint import load_encoder
+    from nnunet_voco.errors import UserInputError
+    from nnunet_voco.finetune.weights_loading import load_voco_weights
+
+    env, voco_folder = pretrained_toy
+    state, meta = load_encoder(os.path.join(voco_folder, "voco_encoder.pth"))
+    untrained = str(tmp_path / "voco_encoder.pth")
+    artifacts.write_encoder(untrained, state, {**meta, "steps": 0})  # what `--num_steps 0` used to export
+    trainer = _trainer(env, monkeypatch, fold=1)
+    monkeypatch.setenv("nnUNet_voco_weights", untrained)
+    with pytest.raises(UserInputError, match=f"{untrained} was pre-trained for 0 steps: it holds a randomly "
+                                             f"initialised encoder, not a pre-trained one; run voco_pretrain with "
+                                             f"--num_steps >= 1"):
+        load_voco_weights(trainer)
+
+
 _FILE_EVENTS = {"open", "os.listdir", "os.scandir"}
 _seen_paths: list[str] | None = None  # filled by the audit hook while a test records
 

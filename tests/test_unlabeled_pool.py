@@ -40,8 +40,20 @@ def _write(path, array, spacing=(0.9, 0.9, 2.0)):
 
 
 def _write_dicom_series(folder, array):
+    import locale
+
     import SimpleITK as sitk
 
+    # SimpleITK's DICOM writer (GDCM) leaves the process in the "C" locale: every later subprocess output this
+    # process decodes would then be read as ASCII (tqdm's bars fail). Seen with SimpleITK 2.x; restored here.
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        _write_dicom_slices(sitk, folder, array)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_slices(sitk, folder, array):
     os.makedirs(folder)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -210,6 +222,23 @@ def test_channel_grouping(tmp_path):
     assert reasons["b_0000.nrrd"].startswith("wrong channel count") and "no _0000 channel suffix" in reasons["c.mha"]
 
 
+def test_dicom_files_outside_every_readable_series_are_listed(tmp_path):
+    """--dicom: a series with one damaged slice keeps its readable slices, and the damaged file is listed; a
+    folder of damaged .dcm files used to vanish without a word."""
+    rng = np.random.default_rng(3)
+    _write_dicom_series(str(tmp_path / "good"), _ct_volume((6, 16, 16), rng))
+    _write_dicom_series(str(tmp_path / "partly"), _ct_volume((6, 16, 16), rng))
+    (tmp_path / "partly" / "003.dcm").write_bytes(rng.bytes(500))
+    (tmp_path / "broken").mkdir()
+    for i in range(2):
+        (tmp_path / "broken" / f"{i:03d}.dcm").write_bytes(rng.bytes(300))
+    cases, skipped = find_input_cases([str(tmp_path)], 1, dicom=True)
+    assert [(c.case_id, len(c.files[0])) for c in cases] == [("good", 6), ("partly", 5)]
+    listed = sorted(os.path.relpath(s["file"], tmp_path) for s in skipped)
+    assert listed == ["broken/000.dcm", "broken/001.dcm", "partly/003.dcm"]
+    assert all(s["reason"].startswith("not part of a readable DICOM series") for s in skipped)
+
+
 def test_body_mask_rules():
     ct = np.full((1, 4, 4, 4), -1000.0)
     ct[0, 1:3, 1:3, 1:3] = 30.0
@@ -239,8 +268,8 @@ def test_dead_worker_skips_only_its_case(tmp_path):
 @pytest.mark.slow
 def test_console_script(nnunet_env, inputs, tmp_path):
     run = subprocess.run([script("voco_preprocess_unlabeled"), "-i", inputs, "-d", str(TARGET_ID), "-o", "906", "-np", "2"],
-                         env=nnunet_env["full"], capture_output=True, text=True,
-                         encoding="utf-8")
+                         env=nnunet_env["full"], capture_output=True, encoding="utf-8",
+                         errors="replace")
     assert run.returncode == 0, run.stderr
     assert "4 cases written, 3 skipped, 0 already present" in run.stdout
     assert "next: voco_pretrain -d 906 901" in run.stdout
@@ -249,7 +278,7 @@ def test_console_script(nnunet_env, inputs, tmp_path):
     with open(os.path.join(raw, "dataset.json"), "w") as f:
         json.dump({"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, "file_ending": ".nii.gz"}, f)
     run = subprocess.run([sys.executable, "-m", "nnunet_voco.commands.preprocess_unlabeled", "-i", inputs, "-d", "907",
-                          "-o", "908"], env=nnunet_env["full"], capture_output=True, text=True,
-                         encoding="utf-8")
+                          "-o", "908"], env=nnunet_env["full"], capture_output=True, encoding="utf-8",
+                         errors="replace")
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1
     assert "`nnUNetv2_plan_and_preprocess -d 907 -c 3d_fullres`" in run.stderr

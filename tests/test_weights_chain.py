@@ -26,7 +26,7 @@ from conftest import TOY_ID, TOY_NAME, PRETRAIN_FAST, run
 from synthetic_weights import SMALL, nnssl_checkpoint, write_hf_folder
 
 pytestmark = pytest.mark.slow
-MRI_ID, MRI_NAME = 991, "Dataset991_VoCoMRI2"
+MRI_ID, MRI_NAME = 971, "Dataset971_VoCoMRI2"  # an id no other test uses (the nnU-Net folders are shared)
 TR = "nnUNetTrainerVoCo_smoke"
 
 

@@ -32,6 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_voco.checkpoint import unwrap_network
 from nnunet_voco.finetune.weights_loading import load_voco_weights
 from nnunet_voco.finetune.lr_schedule import WarmupPolyLRScheduler
+from nnunet_voco.trainers.start_refusal import refuse_unusable_weights
 from nnunet_voco.trainers.training_budget import TrainingBudget
 
 __all__ = ["nnUNetTrainerVoCo", "nnUNetTrainerVoCoScratch"]
@@ -99,7 +100,8 @@ class nnUNetTrainerVoCo(nnUNetTrainer):
             self.initialize()
         # Only a fresh run takes the VoCo weights; --c continues from nnU-Net's own checkpoint.
         if self.voco_load_weights and self.current_epoch == 0:
-            load_voco_weights(self, self.voco_encoder_family, self.voco_allow_partial, self.voco_weights)
+            with refuse_unusable_weights(self):  # none, or untrained: one line, exit 2, no empty fold left
+                load_voco_weights(self, self.voco_encoder_family, self.voco_allow_partial, self.voco_weights)
         super().on_train_start()
 
 

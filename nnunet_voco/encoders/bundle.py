@@ -34,8 +34,8 @@ class EncoderBundle:
             is saved), ``encoder_key_prefixes`` (list[str], relative to that submodule; ``[""]`` =
             all keys), ``keys_to_in_proj`` (list[str], relative, without ``.weight``).
         state_fn: returns the encoder state dict in the key space of ``meta["key_to_encoder"]``.
-        crop_check: raises ``ValueError`` for a crop size (divisible by the stride) that the module
-            still refuses, or None when the stride is the only condition.
+        crop_check: raises ``ValueError`` for a crop size that passes the shared rules (stride,
+            deepest map) but that the module still refuses, or None (no family needs one today).
     """
 
     module: torch.nn.Module
@@ -55,14 +55,21 @@ class EncoderBundle:
         """Crop edges must be multiples of this per axis (the encoder's total stride)."""
         return self.divisor
 
-    def validate_crop(self, crop_size: Sequence[int]) -> tuple[int, int, int]:
-        """A crop size the encoder accepts, as a tuple.
+    def validate_crop(self, crop_size: Sequence[int], spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
+        """A crop size the encoder accepts, as a tuple: the rules every family shares, then its own.
+
+        Shared (:mod:`nnunet_voco.voco.geometry`): a multiple of the total stride on every axis, and a
+        deepest feature map of more than one voxel (instance normalisation needs two positions).
+
+        Args:
+            crop_size: crop edge per array axis.
+            spacing: the configuration's spacing, to name the axes in messages ("axis 0 (2.5 mm)").
 
         Raises:
-            ValueError: not a multiple of the stride, or refused by ``crop_check`` (the message
-                names the axis and a valid size).
+            ValueError: the message names every bad axis, the deepest map, and crops that work.
         """
-        crop = geometry.validate_crop_size(crop_size, self.crop_stride)
+        crop = geometry.validate_crop_size(crop_size, self.crop_stride, spacing)
+        geometry.check_deepest_map(crop, self.crop_stride)
         if self.crop_check is not None:
             self.crop_check(crop)
         return crop

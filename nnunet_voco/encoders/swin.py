@@ -34,7 +34,6 @@ SWIN_IN_PROJ_KEYS = ["swinViT.patch_embed.proj", "encoder1.layer.conv1.conv", "e
 # Submodules of SwinUNETR that VoCo never runs (decoder and segmentation head).
 SWIN_DECODER_MODULES = ("decoder5", "decoder4", "decoder3", "decoder2", "decoder1", "out")
 SWIN_CLASS = "monai.networks.nets.SwinUNETR"
-_AXES = ("x", "y", "z")
 
 
 def _check_feature_size(feature_size: int) -> int:
@@ -74,8 +73,8 @@ def check_swin_input_size(spatial_shape: tuple[int, ...]) -> None:
         if size < SWIN_DIVISOR or size % SWIN_DIVISOR:
             nearest = _nearest_multiple(size)
             raise ValueError(
-                f"SwinUNETR needs spatial sizes that are multiples of {SWIN_DIVISOR}; axis "
-                f"{_AXES[axis] if axis < 3 else axis} has {size} (shape {tuple(spatial_shape)}), the "
+                f"SwinUNETR needs spatial sizes that are multiples of {SWIN_DIVISOR}; array axis "
+                f"{axis} has {size} (shape {tuple(spatial_shape)}), the "
                 f"nearest valid size is {nearest}; use a patch size from swin_patch_size()"
             )
     if all(size == SWIN_DIVISOR for size in spatial_shape):
@@ -243,6 +242,5 @@ def build_swin_encoder(num_input_channels: int, feature_size: int = 48,
         stage_channels=swin_stage_channels(feature_size),
         divisor=(SWIN_DIVISOR,) * 3,
         meta=swin_meta(num_input_channels, feature_size),
-        state_fn=state_fn,
-        crop_check=check_swin_input_size,  # refuses the 1-voxel bottleneck of a 32^3 crop before training
+        state_fn=state_fn,  # crops: the shared stride and deepest-map rules of EncoderBundle.validate_crop
     )

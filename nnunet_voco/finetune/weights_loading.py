@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from nnunet_voco.checkpoint import load_encoder, transfer_encoder, unwrap_network
+from nnunet_voco.errors import UserInputError
 from nnunet_voco.finetune.weights_lookup import ENV_ALLOW_PARTIAL, WeightsChoice, check_compatibility, find_voco_weights
 from nnunet_voco.weights.adaptation import AdaptationError, apply_transfer
 from nnunet_voco.weights.citations import citation_lines
@@ -40,11 +41,16 @@ def load_voco_weights(trainer, family: str = "cnn", allow_partial: bool = False,
 
     Raises:
         FileNotFoundError: no weights (message: the ``voco_pretrain`` command to run).
+        UserInputError: the weights were pre-trained for 0 steps (a random encoder).
         RuntimeError: incompatible checkpoint or incomplete transfer (message: the field/key).
     """
     if choice is None:
         choice = find_trainer_weights(trainer, family)
     state, meta = load_encoder(choice.path)
+    if meta.get("steps") == 0:  # e.g. voco_pretrain --num_steps 0 before that was refused: a random encoder
+        raise UserInputError(f"{choice.path} was pre-trained for 0 steps: it holds a randomly initialised encoder, "
+                             f"not a pre-trained one; run voco_pretrain with --num_steps >= 1 (or train "
+                             f"nnUNetTrainerVoCoScratch for a random start)")
     if meta.get("encoder_family") != family:
         raise RuntimeError(f"VoCo: {choice.path} holds a {meta.get('encoder_family')} encoder but this trainer "
                            f"fine-tunes a {family} network; use the matching trainer or weights")

@@ -24,7 +24,8 @@ import shutil
 import time
 from typing import Sequence
 
-from nnunet_voco.nnunet import UserInputError, configuration_manager, preprocessed_root
+from nnunet_voco.errors import UserInputError
+from nnunet_voco.nnunet import configuration_manager, preprocessed_root
 from nnunet_voco.pool.case import case_is_complete, save_pool_case
 from nnunet_voco.pool.inputs import IMAGE_ENDINGS, InputCase, find_input_cases
 from nnunet_voco.pool.provenance import finish_pool, open_pool

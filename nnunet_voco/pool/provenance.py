@@ -19,7 +19,8 @@ import os
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_voco.nnunet import UserInputError, datasets_with_id, raw_dataset_exists
+from nnunet_voco.errors import UserInputError
+from nnunet_voco.nnunet import datasets_with_id, raw_dataset_exists
 from nnunet_voco.nnunet.preprocessing import blosc2_case_identifiers
 from nnunet_voco.pool.case import BODY_MASK_RULE, case_is_complete
 from nnunet_voco.pool.reasons import RESUME_ADVICE, one_line

@@ -6,7 +6,8 @@ import re
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunet_voco.nnunet import UnknownDataset, UserInputError, lookup_dataset_name, plans_configurations, read_plans
+from nnunet_voco.errors import UserInputError
+from nnunet_voco.nnunet import UnknownDataset, lookup_dataset_name, plans_configurations, read_plans
 from nnunet_voco.pool.reasons import one_line
 
 

@@ -9,8 +9,10 @@ All functions are pure numpy: no torch, no I/O, and randomness only through an e
 
 Conventions (written down once, here):
     * Axes follow nnU-Net's preprocessed arrays, ``(X, Y, Z)`` = the three spatial axes of
-      ``(C, X, Y, Z)``. nnU-Net transposes cases so that the axis with the coarsest spacing usually
-      comes first.
+      ``(C, X, Y, Z)``, in the order of the plans' ``patch_size`` and ``spacing``. nnU-Net transposes
+      cases so that the axis with the coarsest spacing usually comes first, so these are not the
+      image's x, y, z: messages name them by index and spacing, "axis 0 (2.5 mm)"
+      (:func:`axis_label`), and ``--crop_size`` / ``--grid`` take them in that order.
     * Base crops are ordered x-major, then y, then z: base ``k = (ix * gy + iy) * gz + iz``.
     * Offsets are integer voxel coordinates of a crop's lowest corner inside the window.
 
@@ -39,16 +41,28 @@ from typing import Sequence
 
 import numpy as np
 
-AXIS_NAMES = ("x", "y", "z")
+
+def axis_label(axis: int, spacing: Sequence[float] | None = None) -> str:
+    """``"axis 0 (2.5 mm)"``: an array axis by its index in the plans' order, with its spacing when known."""
+    return f"axis {axis}" + (f" ({float(spacing[axis]):g} mm)" if spacing is not None else "")
+
+
+def _axes_text(axes: Sequence[int], spacing: Sequence[float] | None = None) -> str:
+    labels = [axis_label(a, spacing) for a in axes]
+    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+
+
+def _voxels(values: Sequence[int]) -> str:
+    return " x ".join(str(int(v)) for v in values)
 
 
 def _as_triplet(values: Sequence[int], name: str) -> tuple[int, int, int]:
     values = tuple(int(v) for v in values)
     if len(values) != 3:
-        raise ValueError(f"{name} must have 3 entries (x, y, z), got {values}")
-    for axis, v in enumerate(values):
-        if v < 1:
-            raise ValueError(f"{name} must be >= 1 on every axis, got {v} on axis {AXIS_NAMES[axis]}")
+        raise ValueError(f"{name} must have 3 entries (array axes 0, 1, 2), got {values}")
+    small = [axis for axis, v in enumerate(values) if v < 1]
+    if small:
+        raise ValueError(f"{name} must be >= 1 on every axis, got {values} ({_axes_text(small)} below 1)")
     return values  # type: ignore[return-value]
 
 
@@ -140,7 +154,8 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
     minimum edge, ``max(stride, min_edge)`` rounded up to the stride (but never above the patch), keeps every stage at least one
     voxel wide (stride) and the first stages' 3x3x3 receptive fields mostly inside the crop
     (``min_edge`` = 16 voxels); crops whose deepest map would be a single voxel (instance norm has
-    nothing to normalise there) get the whole axis doubled, even where that pads the window.
+    nothing to normalise there; :func:`check_deepest_map` refuses such a crop when it is given) get the
+    whole axis doubled, even where that pads the window.
 
     Args:
         median_shape: median spatial case shape (preprocessed axis order).
@@ -168,42 +183,73 @@ def fitted_layout(median_shape: Sequence[float], patch_size: Sequence[int], spac
         if fits or i == len(candidates) - 1:
             break
     crop = [_fit_edge(median[a], g[a], cap[a], divisor[a], minimum[a]) for a in range(3)]
-    if int(np.prod([c // d for c, d in zip(crop, divisor)])) < 2:  # a 1-voxel deepest map
+    if int(np.prod(deepest_map(crop, divisor))) < 2:  # a 1-voxel deepest map (see check_deepest_map)
         crop[int(np.argmin(g))] *= 2  # even if the window then exceeds the median case (padding is logged)
     crop_t = tuple(int(c) for c in crop)
-    padded = [AXIS_NAMES[a] for a in range(3) if g[a] * crop_t[a] > median[a]]
+    padded = [a for a in range(3) if g[a] * crop_t[a] > median[a]]
     rule = (f"window = grid x crop fitted to the median case {tuple(int(m) for m in median)}: grid {g} "
             f"({'given' if grid is not None else f'{max(g)}x{max(g)} over the in-plane axes'}), each crop edge the "
             f"largest multiple of the stride {divisor} <= patch {tuple(int(p) for p in patch_size)} that fits, "
             f"minimum {minimum}")
     if padded:
-        rule += f"; the window exceeds the median case on axis {', '.join(padded)} (padded)"
+        rule += f"; the window exceeds the median case on {_axes_text(padded, spacing)} (padded)"
     return crop_t, g, rule  # type: ignore[return-value]
 
 
-def validate_crop_size(crop_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, int, int]:
+def validate_crop_size(crop_size: Sequence[int], divisor: Sequence[int],
+                       spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
     """Check that the encoder's total stride divides the crop size on every axis.
 
     Args:
         crop_size: crop edge per axis, in voxels.
         divisor: product of the encoder's strides per axis.
+        spacing: the configuration's spacing, to name the axes in the message (optional).
 
     Returns:
         The crop size as a tuple of ints.
 
     Raises:
-        ValueError: naming the first axis that cannot be divided, with a suggested size.
+        ValueError: naming every axis that cannot be divided, with a crop size that can.
     """
     crop_size = _as_triplet(crop_size, "crop size")
-    for axis, (c, d) in enumerate(zip(crop_size, divisor)):
-        if c % int(d):
-            suggestion = max(int(d), int(round(c / d)) * int(d))
-            raise ValueError(
-                f"crop size {crop_size} is not divisible by the encoder's total stride {tuple(divisor)} "
-                f"on axis {AXIS_NAMES[axis]} ({c} % {d} != 0); pass --crop_size with a multiple of {d} "
-                f"on that axis, e.g. {suggestion}"
-            )
+    divisor = tuple(int(d) for d in divisor)
+    bad = [axis for axis, (c, d) in enumerate(zip(crop_size, divisor)) if c % d]
+    if bad:
+        suggestion = [max(d, int(round(c / d)) * d) if c % d else c for c, d in zip(crop_size, divisor)]
+        details = ", ".join(f"{crop_size[a]} on {axis_label(a, spacing)}" for a in bad)
+        raise ValueError(
+            f"crop size {_voxels(crop_size)} is not divisible by the encoder's total stride {_voxels(divisor)}: "
+            f"{details}; pass --crop_size {' '.join(map(str, suggestion))} (the nearest multiples of the stride)"
+        )
     return crop_size
+
+
+def deepest_map(crop_size: Sequence[int], divisor: Sequence[int]) -> tuple[int, int, int]:
+    """Size of the encoder's deepest feature map for a crop: ``crop // total stride`` per axis."""
+    return tuple(int(c) // int(d) for c, d in zip(crop_size, divisor))  # type: ignore[return-value]
+
+
+def check_deepest_map(crop_size: Sequence[int], divisor: Sequence[int]) -> None:
+    """Refuse a crop whose deepest feature map is a single voxel (the rule of every encoder family).
+
+    Instance normalisation (nnU-Net's CNNs, SwinUNETR's residual blocks) normalises each channel over
+    the spatial positions of a map; one position leaves nothing to normalise, and PyTorch stops at the
+    first training step ("Expected more than 1 spatial element when training"). Two voxels on any one
+    axis suffice, so the smallest crops that work double one axis of the given crop.
+    :func:`fitted_layout` applies the same rule to the crops it chooses.
+
+    Raises:
+        ValueError: naming the crop, the deepest map it gives and the smallest crops that work.
+    """
+    deepest = deepest_map(crop_size, divisor)
+    if int(np.prod(deepest)) > 1:
+        return
+    options = [" ".join(str(int(c) * (2 if a == axis else 1)) for a, c in enumerate(crop_size)) for axis in range(3)]
+    raise ValueError(
+        f"crop size {_voxels(crop_size)} leaves the encoder's deepest feature map {_voxels(deepest)} voxel (total "
+        f"stride {_voxels(divisor)}), a single position that instance normalisation cannot train on; the smallest "
+        f"crops that work double one axis: --crop_size {options[0]}, {options[1]} or {options[2]}"
+    )
 
 
 def window_size(crop_size: Sequence[int], grid: Sequence[int]) -> tuple[int, int, int]:
@@ -244,11 +290,10 @@ def sample_target_offsets(
     """
     window = np.asarray(_as_triplet(window, "window"))
     crop_size = np.asarray(_as_triplet(crop_size, "crop size"))
-    too_big = np.flatnonzero(crop_size > window)
-    if too_big.size:
-        axis = int(too_big[0])
+    too_big = [int(a) for a in np.flatnonzero(crop_size > window)]
+    if too_big:
         raise ValueError(
-            f"crop size {tuple(crop_size)} exceeds the window {tuple(window)} on axis {AXIS_NAMES[axis]}; "
+            f"crop size {_voxels(crop_size)} exceeds the window {_voxels(window)} on {_axes_text(too_big)}; "
             f"use a grid of at least 1 on every axis"
         )
     return rng.integers(0, window - crop_size + 1, size=(int(n), 3)).astype(np.int64)
