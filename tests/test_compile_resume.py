@@ -11,14 +11,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import data_pipeline  # noqa: E402
+from nnunet_voco.nnunet import synthetic_datasets  # noqa: E402
 from conftest import PRETRAIN_FAST, TOY_ID, run  # noqa: E402
 from nnunet_voco.checkpoint import load_file  # noqa: E402
 from nnunet_voco.pretrain import cli, run_state  # noqa: E402
@@ -26,16 +23,16 @@ from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
 from nnunet_voco.voco.model import VoCoModel  # noqa: E402
 from test_model import tiny_bundle  # noqa: E402
 
-TINY_PLANS = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
+TINY_PLANS = synthetic_datasets.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
 
 
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch):
-    folders = data_pipeline.nnunet_folders(str(tmp_path / "nn"))
+    folders = synthetic_datasets.nnunet_folders(str(tmp_path / "nn"))
     for key, value in folders.items():
         monkeypatch.setenv(key, value)
-    data_pipeline.write_synthetic_dataset(folders["nnUNet_preprocessed"], 983, "Tiny", TINY_PLANS, 3, (12, 40, 40))
-    return ["-d", "983", "-p", data_pipeline.PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size",
+    synthetic_datasets.write_synthetic_dataset(folders["nnUNet_preprocessed"], 983, "Tiny", TINY_PLANS, 3, (12, 40, 40))
+    return ["-d", "983", "-p", synthetic_datasets.RESENC_M_PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size",
             "2", "--head_dim", "32", "--num_workers", "0", "--log_every", "1", "--save_every", "1"]
 
 

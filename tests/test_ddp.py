@@ -28,6 +28,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import TOY_ID, TOY_NAME, nnunet_env
+from nnunet_voco.nnunet import synthetic_datasets
 from nnunet_voco.checkpoint import load_file
 from nnunet_voco.nnunet.loader import VoCoStream
 from nnunet_voco.nnunet import open_datasets
@@ -212,12 +213,10 @@ def _gloo_rank(rank: int, world: int, port: int, env: dict, folder: str) -> None
 
 @pytest.mark.slow  # two spawned interpreters: ~15 s idle, ~1 min on a busy 2-core machine
 def test_two_gloo_ranks_normalise_alike_and_share_the_monitor(tmp_path, monkeypatch):
-    from benchmarks import data_pipeline
-
-    folders = data_pipeline.nnunet_folders(str(tmp_path / "nn"))
-    plans = data_pipeline.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)),
-                                          (1, 1, 1))
-    data_pipeline.write_synthetic_dataset(folders["nnUNet_preprocessed"], 983, "Tiny", plans, 2, (12, 40, 40))
+    folders = synthetic_datasets.nnunet_folders(str(tmp_path / "nn"))
+    plans = synthetic_datasets.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)),
+                                               (1, 1, 1))
+    synthetic_datasets.write_synthetic_dataset(folders["nnUNet_preprocessed"], 983, "Tiny", plans, 2, (12, 40, 40))
     mp.start_processes(_gloo_rank, args=(2, _free_port(), folders, str(tmp_path)), nprocs=2, start_method="spawn")
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
     for r in ranks:
