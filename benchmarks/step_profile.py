@@ -31,9 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peak_memory import peak_memory, wall_ms  # noqa: E402
-from nnunet_voco.voco import geometry  # noqa: E402
 from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout  # noqa: E402
+from nnunet_voco.voco.synthetic_batches import synthetic_batch  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import RunContext, autocast  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
@@ -164,20 +164,6 @@ def profile_steps(pipe: Pipeline, steps: int = 5, warmup: int = 2) -> dict:
 
 
 # ============ scaling ============
-def synthetic_batch(layout, batch_size: int, channels: int, seed: int = 0) -> dict:
-    """Random crops and the exact overlap targets of randomly placed target crops."""
-    rng = np.random.default_rng(seed)
-    crop = tuple(layout.crop_size)
-    bases_off = geometry.base_crop_offsets(crop, layout.grid)
-    overlaps = np.stack([geometry.overlap_matrix(geometry.sample_target_offsets(layout.window, crop,
-                                                                                layout.num_targets, rng),
-                                                 bases_off, crop) for _ in range(batch_size)])
-    gen = torch.Generator().manual_seed(seed)
-    return {"bases": torch.randn((batch_size, layout.num_bases, channels) + crop, generator=gen),
-            "targets": torch.randn((batch_size, layout.num_targets, channels) + crop, generator=gen),
-            "overlaps": torch.from_numpy(overlaps)}
-
-
 def _encoder_pass(encoder: torch.nn.Module, crops: torch.Tensor, amp_dtype=None) -> None:
     """Forward + backward of the encoder alone, under the autocast ``train_step`` uses."""
     encoder.zero_grad(set_to_none=True)

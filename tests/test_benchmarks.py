@@ -23,6 +23,7 @@ from nnunet_voco.pretrain.distributed import RunContext  # noqa: E402
 from nnunet_voco.pretrain.loop import train_step  # noqa: E402
 from nnunet_voco.pretrain.run_setup import RunSetup  # noqa: E402
 from nnunet_voco.voco.sampling import CropLayout, WindowSampler, cut_crops  # noqa: E402
+from nnunet_voco.voco.synthetic_batches import synthetic_batch  # noqa: E402
 
 LAYOUT = CropLayout((4, 8, 8), (1, 3, 3), 2)
 
@@ -134,7 +135,7 @@ def test_gpu_script_dry_run(tmp_path, monkeypatch):
 
 
 def _step_inputs(pipe, value=None):
-    batch = step_profile.synthetic_batch(pipe.layout, 1, 1)
+    batch = synthetic_batch(pipe.layout, 1, 1)
     if value is not None:
         batch["bases"][0, 0, 0, 0, 0, 0] = value
     return batch

@@ -9,23 +9,19 @@
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.step_profile import synthetic_batch  # noqa: E402
-from nnunet_voco.nnunet import UserInputError  # noqa: E402
-from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
-from nnunet_voco.pretrain.distributed import RunContext, autocast, resolve_precision  # noqa: E402
-from nnunet_voco.pretrain.loop import train_step  # noqa: E402
-from nnunet_voco.voco.heads import pool_stage_features  # noqa: E402
-from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
-from nnunet_voco.voco.model import VoCoModel  # noqa: E402
-from nnunet_voco.voco.sampling import CropLayout  # noqa: E402
-from test_model import tiny_bundle  # noqa: E402
+from nnunet_voco.voco.synthetic_batches import synthetic_batch
+from nnunet_voco.nnunet import UserInputError
+from nnunet_voco.pretrain.config import PretrainConfig
+from nnunet_voco.pretrain.distributed import RunContext, autocast, resolve_precision
+from nnunet_voco.pretrain.loop import train_step
+from nnunet_voco.voco.heads import pool_stage_features
+from nnunet_voco.voco.loss import VoCoLoss
+from nnunet_voco.voco.model import VoCoModel
+from nnunet_voco.voco.sampling import CropLayout
+from test_model import tiny_bundle
 
 CUDA = torch.device("cuda")
 
