@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
                     "nnUNetv2_plan_and_preprocess, voco_preprocess_unlabeled (unlabelled pool), voco_pretrain on the "
                     "pool only (with its held-out position monitor), then nnUNetv2_train for four arms with 3 seeds "
                     "each: frozen VoCo encoder vs frozen random encoder (probe) and VoCo fine-tuning vs scratch. "
-                    "Prints the held-out position accuracy and the Dice tables (mean ± sd, per seed, with a verdict) "
+                    "Prints the held-out position accuracy and the Dice tables (mean +/- sd, per seed, with a verdict) "
                     "and writes results.json and a PNG figure. Running it again reuses finished stages.",
         epilog="Outputs: DIR/default/ (or DIR/quick/) holds results.txt (the tables), results.json, voco_demo.png and "
                "logs/<stage>.log; nnU-Net's folders are DIR/nnUNet_raw, DIR/nnUNet_preprocessed and "

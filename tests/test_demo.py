@@ -199,7 +199,7 @@ def test_table_shows_monitor_both_comparisons_and_costs():
                "stages": {"plan": {"wall_s": 12.0, "cpu_s": 5.0, "reused": True}}}
     table = format_table(results)
     assert "SYNTHETIC" in table and "0.400 at step 0 -> 0.700 at step 300 (chance 0.111" in table
-    assert "frozen-encoder probe" in table and "full fine-tuning" in table and "0.310±0.010" in table
+    assert "frozen-encoder probe" in table and "full fine-tuning" in table and "0.310+/-0.010" in table
     assert "per-seed mean Dice: frozen VoCo encoder [0.300 0.310 0.320]" in table
     assert "VoCo does not beat its baseline here: the encoder did learn the pretext" in table and "reused" in table
     assert "it rose by +0.300 (more than 2 SE" in table

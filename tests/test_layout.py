@@ -7,6 +7,8 @@
 * No source file over 400 lines; trainer files stay short.
 * A package's ``__init__`` only re-exports: it defines no function and no class.
 * Every command ends through the one exit mapping, ``nnunet_voco.command_exit``.
+* What the package prints is ASCII: string literals other than docstrings hold no other character, so
+  ``--help``, errors and reports print under any locale (an ASCII one raised UnicodeEncodeError).
 """
 import ast
 import os
@@ -122,3 +124,19 @@ def test_a_package_face_only_re_exports(module):
                          ["nnunet_voco.pretrain.cli"])
 def test_every_command_ends_through_the_one_exit_mapping(module):
     assert "nnunet_voco.command_exit" in IMPORTS[module], f"{MODULES[module]} maps exceptions to exit codes itself"
+
+
+def _non_ascii_literals(path: str) -> list[str]:
+    """String literals of a file, other than docstrings, that hold a non-ASCII character."""
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [f"line {node.lineno}: {node.value[:60]!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and not node.value.isascii()]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_what_the_package_prints_is_ascii(module):
+    assert not _non_ascii_literals(MODULES[module]), f"{MODULES[module]}: {_non_ascii_literals(MODULES[module])}"

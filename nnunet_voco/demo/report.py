@@ -155,7 +155,7 @@ def closing_text(results: dict) -> str:
 
 
 def _ms(stats: dict) -> str:
-    return "      n/a" if stats["mean"] is None else f"{stats['mean']:.3f}±{stats['sd']:.3f}"
+    return "      n/a" if stats["mean"] is None else f"{stats['mean']:.3f}+/-{stats['sd']:.3f}"
 
 
 def _per_seed(stats: dict) -> str:
@@ -164,7 +164,7 @@ def _per_seed(stats: dict) -> str:
 
 def _comparison_lines(results: dict, name: str, a: str, b: str) -> list[str]:
     da, db = results["dice"][a], results["dice"][b]
-    lines = [f"{name}: {da['trainer']} vs {db['trainer']} (mean ± sd over seeds {results['seeds']})",
+    lines = [f"{name}: {da['trainer']} vs {db['trainer']} (mean +/- sd over seeds {results['seeds']})",
              f"  {'class':<10} {ARMS[a][1]:>22} {ARMS[b][1]:>22} {'difference':>11}"]
     for cls in list(CLASS_NAMES.values()) + ["mean"]:
         sa, sb = (da["mean"], db["mean"]) if cls == "mean" else (da["per_class"][cls], db["per_class"][cls])
