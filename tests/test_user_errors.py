@@ -134,7 +134,7 @@ def test_a_rerun_names_a_derived_value_as_derived(tmp_path):
 
 
 def test_the_progress_bar_names_loss_terms_as_losses():
-    from nnunet_voco.pretrain.loop import _LoopState, _log_window
+    from nnunet_voco.pretrain.loop import _LoopState, _log_window, _read_window
 
     class Bar:
         def set_postfix(self, **kw):
@@ -149,12 +149,13 @@ def test_the_progress_bar_names_loss_terms_as_losses():
 
     log = Log()
     setup = types.SimpleNamespace(optimizer=types.SimpleNamespace(param_groups=[{"lr": 1e-4}]),
-                                  layout=types.SimpleNamespace(window=(4, 4, 4)))
+                                  layout=types.SimpleNamespace(window=(4, 4, 4)),
+                                  ctx=types.SimpleNamespace(device=torch.device("cpu")))
     one = {"finite": torch.tensor(True), "padding_share": torch.tensor(0.0), **{
         k: torch.tensor(v) for k, v in (("loss", 1.5), ("pos", 0.58), ("neg", 0.2), ("reg", 0.1))}}
     bar = Bar()
-    _log_window(setup, types.SimpleNamespace(max_nonfinite=20), _LoopState(step=10, history=[], window=[one]), bar,
-                "unused", log)
+    state = _LoopState(step=10, history=[], window=[one])
+    _log_window(setup, types.SimpleNamespace(max_nonfinite=20), state, _read_window(state.window), bar, "unused", log)
     assert bar.postfix == {"loss": "1.5000", "pos_loss": "0.580", "reg_loss": "0.100"}
 
 

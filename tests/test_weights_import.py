@@ -214,7 +214,13 @@ def test_refuses_a_truncated_file(tmp_path, capsys):
 
 def test_refuses_fewer_target_channels_than_the_rule_serves(tmp_path, capsys):
     src = _save(tmp_path, nnssl_checkpoint("release", kwargs=SMALL))
-    assert "needs at least 1 target channel" in _refused(tmp_path, capsys, [src, "--in_channels", "0"])
+    with pytest.raises(SystemExit) as stop:  # a usage error, before the file is read
+        import_main([src, "--in_channels", "0", "-o", str(tmp_path / "out.pth")])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().endswith(
+        "voco_import_weights: error: --in_channels must be at least 1, got 0")
+    assert not (tmp_path / "out.pth").exists()
+    with pytest.raises(ValueError, match="needs at least 1 target channel"):  # the library's own check stays
+        import_weights(src, 0)
 
 
 def test_refuses_a_declared_architecture_the_tensors_do_not_build(tmp_path, capsys):
