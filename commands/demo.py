@@ -2,8 +2,8 @@
 
 Example::
 
-    voco_demo                      # ~20 min on 2 idle CPU cores, work folder ./voco_demo_work
-    voco_demo --quick              # ~3 min smoke run (CI)
+    voco_demo                      # 12 min on 2 idle CPU cores (measured), work folder ./voco_demo_work
+    voco_demo --quick              # smoke run (CI), its stages took 99 s at load 5
     voco_demo --out /tmp/demo -device cuda
 
 The stages, the split and the re-use rules are documented in :mod:`nnunet_voco.demo.stages` and
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: ./voco_demo_work)")
     parser.add_argument("--size", choices=("quick", "default", "full", "gpu"), default=None,
                         help="run size (default: default). quick: a smoke test whose Dice means nothing; default: "
-                             "fits 2 idle CPU cores in about 20 minutes; full: a budget at which every organ is "
+                             "12 minutes on 2 idle CPU cores (measured); full: a budget at which every organ is "
                              "learned (hours on CPU, resumable); gpu: sized for one GPU (-device cuda). Budgets, "
                              "wall times and results of each are in README")
     parser.add_argument("--quick", action="store_true", help="same as --size quick")

@@ -11,14 +11,11 @@ report: labelled seeds 500-505, held-out 2000-2005, pool 300-323 (dataset 851) a
 report uses the seeds of ``RUN_SIZES`` and folds 0-2.
 
 Budget: 2 CPU cores are the target. On CPU, 3-D convolutions dominate, so the phantom is small
-(16x48x48, the whole image is one nnU-Net patch) and pre-training uses 16^3 crops. Measured on the
-tuning dataset on 2 idle cores: one ``nnUNetv2_train`` costs ~37 s wall (~40 CPU s) besides its
-iterations (~11 s start-up; ~22 s final validation, mostly the start of nnU-Net's two spawned
-worker pools, each of which re-imports nnU-Net for ~10 s) and ~1 s wall (~2.6 CPU s) per iteration
-at batch size 1. Pre-training: ~1 s per step plus ~7 s per held-out evaluation (24 windows). So the
-12 runs of 32 iterations cost ~14 min and the whole default run ~20 min on an idle machine; on a
-busy one (load 6) a run took 144 s and pre-training 387 s. ``--quick``: ~3.5 min idle, 4.4 min at
-load 6.
+(16x48x48, the whole image is one nnU-Net patch) and pre-training uses 16^3 crops. Measured from a fresh
+clone on 2 otherwise idle cores (load 1.6-2.7 from the demo itself): the default run took 700 s (plan 14 s,
+pool 3 s, 250 pre-training steps 45 s, each of the 6 trainings of 8 x 25 iterations 94-111 s), 13 min with
+the install. ``--quick``'s stages took 99 s in a CI rehearsal at load 5. The tuning runs that chose the
+budgets are in README ("What the default run shows").
 """
 from __future__ import annotations
 
@@ -112,7 +109,7 @@ RUN_SIZES = {
     "default": RunSize("default", 821, 822, "VoCoDemoPhantom", (16, 48, 48), _TRAIN, _HELDOUT,
                        tuple(range(100, 124)), PRETRAIN_STEPS, PRETRAIN_LR, 4, PRETRAIN_VAL_EVERY, 24, _CROP, _GRID,
                        (0, 1, 2), "_demo", FINE_TUNING_ARMS,
-                       description="fine-tuning VoCo vs scratch, 3 seeds, about 20 minutes on 2 idle CPU cores"),
+                       description="fine-tuning VoCo vs scratch, 3 seeds, 12 minutes on 2 idle CPU cores (measured)"),
     "full": RunSize("full", 841, 842, "VoCoDemoFull", (16, 48, 48), _TRAIN, _HELDOUT, tuple(range(100, 148)),
                     FULL_PRETRAIN_STEPS, PRETRAIN_LR, 4, 250, 48, _CROP, _GRID, (0, 1, 2), "_demofull", ALL_ARMS,
                     description="both comparisons at a budget where every organ is learned; hours on CPU"),
