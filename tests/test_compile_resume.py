@@ -15,7 +15,8 @@ import os
 import pytest
 import torch
 
-from nnunet_voco.nnunet import synthetic_datasets  # noqa: E402
+from conftest import open_tiny_synthetic  # noqa: E402
+from nnunet_voco.nnunet.synthetic_datasets import RESENC_M_PLANS  # noqa: E402
 from conftest import PRETRAIN_FAST, TOY_ID, run  # noqa: E402
 from nnunet_voco.checkpoint import load_file  # noqa: E402
 from nnunet_voco.pretrain import cli, run_state  # noqa: E402
@@ -23,16 +24,10 @@ from nnunet_voco.voco.loss import VoCoLoss  # noqa: E402
 from nnunet_voco.voco.model import VoCoModel  # noqa: E402
 from test_model import tiny_bundle  # noqa: E402
 
-TINY_PLANS = synthetic_datasets.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
-
-
 @pytest.fixture
 def tiny_dataset(tmp_path, monkeypatch):
-    folders = synthetic_datasets.nnunet_folders(str(tmp_path / "nn"))
-    for key, value in folders.items():
-        monkeypatch.setenv(key, value)
-    synthetic_datasets.write_synthetic_dataset(folders["nnUNet_preprocessed"], 983, "Tiny", TINY_PLANS, 3, (12, 40, 40))
-    return ["-d", "983", "-p", synthetic_datasets.RESENC_M_PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size",
+    open_tiny_synthetic(tmp_path / "nn", monkeypatch, 983, 3)  # 3-stage ResEnc, 12x40x40 cases
+    return ["-d", "983", "-p", RESENC_M_PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--batch_size",
             "2", "--head_dim", "32", "--num_workers", "0", "--log_every", "1", "--save_every", "1"]
 
 

@@ -16,24 +16,19 @@ import time
 import pytest
 import torch
 
-from nnunet_voco.nnunet import synthetic_datasets  # noqa: E402
+from conftest import open_tiny_synthetic  # noqa: E402
+from nnunet_voco.nnunet.synthetic_datasets import RESENC_M_PLANS  # noqa: E402
 from nnunet_voco.nnunet.loader import VoCoStream  # noqa: E402
 from nnunet_voco.pretrain import cli, loop  # noqa: E402
 from nnunet_voco.pretrain.config import PretrainConfig  # noqa: E402
 from nnunet_voco.pretrain.distributed import configure_backends  # noqa: E402
 from nnunet_voco.pretrain.run_setup import V2_ONE_VOLUME_WARNING, one_volume_warning  # noqa: E402
 
-TINY_PLANS = synthetic_datasets.synthetic_plans("Tiny", (8, 16, 16), (4, 8, 16), ((1, 1, 1), (1, 2, 2), (2, 2, 2)), (1, 1, 1))
-
-
 @pytest.fixture
 def tiny_run(tmp_path, monkeypatch):
-    folders = synthetic_datasets.nnunet_folders(str(tmp_path / "nn"))
-    for key, value in folders.items():
-        monkeypatch.setenv(key, value)
-    synthetic_datasets.write_synthetic_dataset(folders["nnUNet_preprocessed"], 984, "Tiny", TINY_PLANS, 2, (12, 40, 40))
+    open_tiny_synthetic(tmp_path / "nn", monkeypatch, 984, 2)  # 3-stage ResEnc, 12x40x40 cases
     out = tmp_path / "run"
-    argv = ["-d", "984", "-p", synthetic_datasets.RESENC_M_PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--head_dim",
+    argv = ["-d", "984", "-p", RESENC_M_PLANS, "-device", "cpu", "--crop_size", "8", "16", "16", "--head_dim",
             "16", "--num_workers", "0", "--val_cases", "0", "-o", str(out), "--num_steps", "6", "--log_every", "3"]
     return argv, out
 

@@ -20,19 +20,21 @@ from nnunet_voco.weights.architecture import ArchitectureError, build_encoder
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile
 
 
+def strip_prefixes(key: str, prefixes: tuple[str, ...]) -> str:
+    """``key`` without any of ``prefixes`` at its start, removed repeatedly (``module._orig_mod.x`` -> ``x``)."""
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
 def strip_wrappers(state: Mapping[str, torch.Tensor], extra: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Remove leading ``module.`` / ``_orig_mod.`` (and ``extra``) prefixes, repeatedly."""
     prefixes = WRAPPER_PREFIXES + tuple(extra)
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if key.startswith(p):
-                    key, changed = key[len(p):], True
-        out[key] = value
-    return out
+    return {strip_prefixes(key, prefixes): value for key, value in state.items()}
 
 
 def tensors_only(obj: Mapping) -> dict[str, torch.Tensor]:

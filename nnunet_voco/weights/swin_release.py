@@ -37,6 +37,7 @@ from nnunet_voco.encoders.swin import (
     build_swin_encoder,
     swin_meta,
 )
+from nnunet_voco.weights.encoder_state import strip_prefixes
 
 CONTAINER_KEYS = ("state_dict", "network_weights", "net", "student")
 STRIPPED_PREFIXES = ("module.", "backbone.")
@@ -96,12 +97,7 @@ def _unwrap_state(obj: Mapping, path: str) -> dict:
 
 def normalise_key(key: str) -> str:
     """Official key -> SwinUNETR key: strip ``module.`` / ``backbone.``, rename ``swin_vit``."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in STRIPPED_PREFIXES:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+    key = strip_prefixes(key, STRIPPED_PREFIXES)
     if key.startswith("swin_vit."):
         key = "swinViT." + key[len("swin_vit."):]
     return key
