@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: ./voco_demo_work)")
     parser.add_argument("--size", choices=("quick", "default", "full", "gpu"), default=None,
                         help="run size (default: default). quick: a smoke test whose Dice means nothing; default: "
-                             "12 minutes on 2 idle CPU cores (measured); full: a budget at which every organ is "
-                             "learned (hours on CPU, resumable); gpu: sized for one GPU (-device cuda). Budgets, "
+                             "12 minutes on 2 idle CPU cores (measured); full: 5 times the default fine-tuning "
+                             "budget, at which scratch learned every organ on a tuning case (hours on CPU, resumable); gpu: sized for one GPU (-device cuda). Budgets, "
                              "wall times and results of each are in README")
     parser.add_argument("--quick", action="store_true", help="same as --size quick")
     parser.add_argument("--dry_run", action="store_true",

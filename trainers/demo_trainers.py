@@ -18,9 +18,9 @@ X_demo`` is three seeds of one experiment. nnU-Net's augmentation workers are no
 deterministic: two runs with the same seed differ a little. ``fold == "all"`` uses seed 0.
 
 Budgets (what chose them is in :mod:`nnunet_voco.demo.run_sizes`): ``_demo`` for the default
-``voco_demo`` run (2 idle CPU cores, about 20 minutes), ``_demoquick`` for ``--size quick`` (a CI
-smoke test; its Dice says nothing), ``_demofull`` for ``--size full`` (every organ learned; hours on
-CPU) and ``_demogpu`` for ``--size gpu`` (one GPU). All run one validation iteration per epoch and no
+``voco_demo`` run (2 idle CPU cores, 12 minutes measured), ``_demoquick`` for ``--size quick`` (a CI
+smoke test; its Dice says nothing), ``_demofull`` for ``--size full`` (40 x 25 iterations: scratch learned every organ on a tuning case;
+hours on CPU) and ``_demogpu`` for ``--size gpu`` (one GPU). All run one validation iteration per epoch and no
 test-time mirroring in nnU-Net's final validation and in ``nnUNetv2_predict``, which keeps CPU
 inference cheap. The variants of one budget differ only in their base class.
 """

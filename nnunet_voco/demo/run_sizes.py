@@ -112,7 +112,7 @@ RUN_SIZES = {
                        description="fine-tuning VoCo vs scratch, 3 seeds, 12 minutes on 2 idle CPU cores (measured)"),
     "full": RunSize("full", 841, 842, "VoCoDemoFull", (16, 48, 48), _TRAIN, _HELDOUT, tuple(range(100, 148)),
                     FULL_PRETRAIN_STEPS, PRETRAIN_LR, 4, 250, 48, _CROP, _GRID, (0, 1, 2), "_demofull", ALL_ARMS,
-                    description="both comparisons at a budget where every organ is learned; hours on CPU"),
+                    description="both comparisons at 40 x 25 iterations (scratch learned every organ on a tuning case); hours on CPU"),
     "gpu": RunSize("gpu", 861, 862, "VoCoDemoGPU", (16, 48, 48), _TRAIN, _HELDOUT, tuple(range(3000, 3256)),
                    GPU_PRETRAIN_STEPS, PRETRAIN_LR, 8, 1000, 48, _CROP, _GRID, (0, 1, 2), "_demogpu", ALL_ARMS,
                    pretrain_batch_size=GPU_PRETRAIN_BATCH_SIZE, pretrain_workers=8, jobs=6, processes=8,
