@@ -33,13 +33,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used: unreadable, unsafe, of another format or schema version."""
 
 
-def to_plain(value: Any) -> Any:
-    """Convert numpy scalars/arrays, tuples and paths to plain python types (weights_only-safe)."""
+def to_plain(value: Any, keep_tensors: bool = True) -> Any:
+    """Convert numpy scalars/arrays, tuples and paths to plain python types (weights_only-safe); tensors stay
+    tensors, or become lists with ``keep_tensors=False`` (plans read from other tools' checkpoints)."""
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
+        return {str(k): to_plain(v, keep_tensors) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
+        return [to_plain(v, keep_tensors) for v in value]
+    if isinstance(value, np.ndarray) or (isinstance(value, torch.Tensor) and not keep_tensors):
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()

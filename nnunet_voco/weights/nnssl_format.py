@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from nnunet_voco.checkpoint import to_plain
 from nnunet_voco.weights.architecture import FAMILIES, REQUIRES_IMPORT, ArchitectureError, resencl_architecture
 from nnunet_voco.weights.citations import default_citations
 from nnunet_voco.weights.encoder_state import count_tensors, strip_wrappers, tensors_only
-from nnunet_voco.weights.reading import plain_values
 from nnunet_voco.weights.source import SourceWeights, first_configuration, split_network_state
 
 NNSSL_TRAINING_KEYS = ("optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch", "spark_weights")
@@ -50,7 +50,7 @@ def declared_architecture(plan: Mapping) -> tuple[dict | None, str]:
         return resencl_architecture(), "adaptation plan (ResEncL)"
     kwargs = arch.get("arch_kwargs")
     if name.rsplit(".", 1)[-1] in FAMILIES and isinstance(kwargs, Mapping):
-        return {"network_class_name": FAMILIES[name.rsplit(".", 1)[-1]], "arch_kwargs": plain_values(kwargs),
+        return {"network_class_name": FAMILIES[name.rsplit(".", 1)[-1]], "arch_kwargs": to_plain(kwargs, keep_tensors=False),
                 "arch_kwargs_requires_import": list(arch.get("arch_kwargs_requiring_import") or REQUIRES_IMPORT)}, \
             f"adaptation plan ({name.rsplit('.', 1)[-1]} kwargs)"
     return None, f"tensor shapes (the plan names {name or 'no architecture'} without kwargs)"
@@ -63,8 +63,8 @@ def read_nnssl(obj: Mapping, path: str, sidecar: dict | None) -> SourceWeights:
         ArchitectureError: Primus.
     """
     embedded = obj.get("nnssl_adaptation_plan")
-    plan = plain_values(embedded if isinstance(embedded, Mapping) else
-                        {k: v for k, v in (sidecar or {}).items() if k != "trainer_name"} if sidecar else {})
+    plan = to_plain(embedded if isinstance(embedded, Mapping) else
+                    {k: v for k, v in (sidecar or {}).items() if k != "trainer_name"} if sidecar else {}, keep_tensors=False)
     state = strip_wrappers(tensors_only(obj["network_weights"]))
     _refuse_primus(plan, state, path)
     encoder, heads, tally = split_network_state(state, plan.get("key_to_encoder") or "encoder.stages",
@@ -85,4 +85,4 @@ def read_nnssl(obj: Mapping, path: str, sidecar: dict | None) -> SourceWeights:
     kind = ("nnssl" if isinstance(embedded, Mapping) else "nnssl (plan from adaptation_plan.json)" if sidecar
             else "nnssl (no plan)")
     citations = obj.get("citations") if isinstance(obj.get("citations"), list) else default_citations(kind, trainer)
-    return SourceWeights(kind, encoder, arch, arch_source, heads, tally, facts, plain_values(citations), trainer)
+    return SourceWeights(kind, encoder, arch, arch_source, heads, tally, facts, to_plain(citations, keep_tensors=False), trainer)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Mapping
 
+from nnunet_voco.checkpoint import to_plain
 from nnunet_voco.weights.architecture import FAMILIES, REQUIRES_IMPORT, ArchitectureError
 from nnunet_voco.weights.citations import default_citations
 from nnunet_voco.weights.encoder_state import count_tensors, strip_wrappers, tensors_only
-from nnunet_voco.weights.reading import plain_values
 from nnunet_voco.weights.source import SourceWeights, split_network_state
 
 
@@ -47,7 +47,7 @@ def read_nnunet_checkpoint(obj: Mapping, path: str) -> SourceWeights:
         ArchitectureError: 2-D configuration, Primus or another non-CNN network.
     """
     init = obj["init_args"]
-    plans, configuration = plain_values(init["plans"]), str(init["configuration"])
+    plans, configuration = to_plain(init["plans"], keep_tensors=False), str(init["configuration"])
     config = resolved_configuration(plans, configuration)
     declared = config.get("architecture") or {}
     class_name = str(declared.get("network_class_name") or "")

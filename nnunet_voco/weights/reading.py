@@ -13,7 +13,7 @@ For them the file is read again with ``torch.serialization.safe_globals(NUMPY_AL
 scalar and array reconstructors, ``numpy.ndarray`` and the dtype classes of the plain numeric dtypes.
 These only rebuild numbers; every other global (a class, a function, ``argparse.Namespace``,
 ``pathlib.Path``) is still refused and named in the one-line error. Numpy values found afterwards are
-converted to plain Python types (:func:`plain_values`), tensors inside plans to lists.
+converted to plain Python types (``checkpoint.to_plain(..., keep_tensors=False)``), tensors inside plans to lists.
 
 A folder (a downloaded Hugging Face snapshot or a run folder) is resolved to one file by
 :func:`resolve_source`; the ``adaptation_plan.json`` beside an nnssl checkpoint is read by
@@ -130,23 +130,6 @@ def _unreadable(path: str, error: Exception, refused: str | None) -> WeightsFile
     text = " ".join(str(error).split())[:160] or type(error).__name__
     return WeightsFileError(f"{path} is not a readable torch checkpoint ({type(error).__name__}: {text}); it is "
                             f"truncated or of another kind: download it again or pass the .pth/.pt file itself")
-
-
-def plain_values(value: Any) -> Any:
-    """Numpy scalars/arrays and tensors inside plans -> Python scalars/lists; tuples -> lists."""
-    if isinstance(value, Mapping):
-        return {str(k): plain_values(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain_values(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, torch.device):
-        return str(value)
-    return value
 
 
 def read_sidecar_plan(checkpoint: str) -> dict | None:
